@@ -1,0 +1,1 @@
+"""Benchmarks, installed as `rampup.benchmarks` so that `rampup bench` can run them."""

@@ -1,0 +1,73 @@
+"""Side-by-side timing: ratios measured in one run, pairs interleaved, medians reported."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def seconds(fn: Callable[[], Any]) -> float:
+    """Wall time of one call of `fn`."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ratio(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> float:
+    """The median of time(a) / time(b) over `repeats` back-to-back pairs, order alternating.
+
+    Each pair runs under the same machine load, so the ratio is steadier than
+    either time; one warm-up pair runs first.
+    """
+    a(), b()
+    ratios = []
+    for i in range(repeats):
+        if i % 2:
+            tb, ta = seconds(b), seconds(a)
+        else:
+            ta, tb = seconds(a), seconds(b)
+        ratios.append(ta / tb)
+    return statistics.median(ratios)
+
+
+def row(name: str, value: float, target: str, holds: bool, **extra: Any) -> dict[str, Any]:
+    """One benchmark result: its ratio, the target, whether it holds."""
+    return {"name": name, "ratio": round(value, 3), "target": target, "holds": bool(holds),
+            **extra}
+
+
+def at_most(name: str, value: float, limit: float, **extra: Any) -> dict[str, Any]:
+    """A result whose ratio must stay <= limit."""
+    return row(name, value, f"<= {limit}", value <= limit, **extra)
+
+
+def at_least(name: str, value: float, limit: float, **extra: Any) -> dict[str, Any]:
+    """A result whose ratio must reach >= limit."""
+    return row(name, value, f">= {limit}", value >= limit, **extra)
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    """The results as an aligned text table."""
+    lines = [("benchmark", "ratio", "target", "holds")]
+    lines += [(r["name"], f"{r['ratio']:.3f}", r["target"], "yes" if r["holds"] else "NO")
+              for r in rows]
+    widths = [max(len(line[c]) for line in lines) for c in range(4)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))
+                     for line in lines)
+
+
+def main(run: Callable[[bool], list[dict[str, Any]]], argv: Sequence[str] | None = None) -> None:
+    """Runs one benchmark script: `--quick` for a smoke run, `--json PATH` to save the rows."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true", help="fewer repeats, smaller data")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    args = p.parse_args(argv)
+    rows = run(args.quick)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)

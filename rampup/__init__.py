@@ -1,0 +1,42 @@
+"""rampup: batch-size ramp-up for ML data pipelines.
+
+The core imports NumPy and the standard library only; the framework adapters
+live in `rampup.adapters` and import their framework themselves.
+"""
+
+from rampup.batching import (
+    STATE_VERSION,
+    BatchIterator,
+    RampupBatches,
+    StreamBatcher,
+)
+from rampup.collate import default_collate
+from rampup.plan import Plan, Segment
+from rampup.schedules import (
+    Schedule,
+    constant,
+    from_config,
+    from_fn,
+    linear,
+    piecewise,
+    stepwise,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATE_VERSION",
+    "BatchIterator",
+    "Plan",
+    "RampupBatches",
+    "Schedule",
+    "Segment",
+    "StreamBatcher",
+    "constant",
+    "default_collate",
+    "from_config",
+    "from_fn",
+    "linear",
+    "piecewise",
+    "stepwise",
+]

@@ -1,0 +1,143 @@
+"""The `rampup` command: preview a schedule (more subcommands register below)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tomllib
+from collections.abc import Sequence
+from typing import Any
+
+from rampup.plan import Plan
+from rampup.schedules import Schedule, from_config
+
+# GPT-3 grew its batch from 32k to 3.2M tokens over the first 4-12B tokens; this
+# is the same shape scaled down: 64 -> 1024 samples of 2048 tokens over 1M samples.
+DEFAULT_SCHEDULE = {"type": "linear", "start": 64, "increment": 64, "rampup_samples": 1_000_000,
+                    "final": 1024}
+DEFAULT_TOKENS_PER_SAMPLE = 2048
+DEFAULT_TOKENS = 10_000_000_000
+
+
+def load_spec(spec: str) -> dict[str, Any]:
+    """A schedule config from inline JSON or a .json, .yaml/.yml or .toml file."""
+    if spec.lstrip().startswith("{"):
+        try:
+            return json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--schedule is not valid JSON: {e}") from e
+    path = pathlib.Path(spec)
+    if not path.is_file():
+        raise ValueError(f"--schedule {spec!r} is neither inline JSON (starting with '{{') "
+                         "nor an existing file")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return tomllib.loads(text)
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise ValueError(f"reading {path.name} needs PyYAML, which is not installed: "
+                             "pip install pyyaml, or write the schedule as JSON or TOML") from e
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
+    """The schedule of `--schedule` (the built-in default when None), checked against rules."""
+    config = DEFAULT_SCHEDULE if spec is None else load_spec(spec)
+    if multiple_of is not None:
+        config = {**config, "multiple_of": multiple_of}
+    return from_config(config)
+
+
+def plot(plan: Plan, steps: int, path: str) -> None:
+    """Draws batch size and samples consumed against steps into a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ValueError("--plot needs matplotlib: pip install 'rampup[plot]'") from e
+    xs, sizes = [], []
+    for seg in plan.segments(steps):
+        xs += [seg.first_step, seg.last_step + 1]
+        sizes += [seg.size, seg.size]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    top.plot(xs, sizes, color="tab:blue")
+    top.set_ylabel("global batch size (samples)")
+    top.set_title(f"{plan.schedule}", fontsize=9)
+    top.grid(alpha=0.3)
+    bottom.plot(xs, [plan.offset(x) for x in xs], color="tab:orange")
+    bottom.set_ylabel("samples consumed")
+    bottom.set_xlabel("step")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def preview(args: argparse.Namespace) -> int:
+    """Prints the segments of a schedule up to a budget, and the totals."""
+    schedule = build_schedule(args.schedule, args.multiple_of)
+    tps = args.tokens_per_sample
+    budget = {"steps": args.steps, "samples": args.samples, "tokens": args.tokens}
+    if args.tokens is not None and tps is None:
+        raise ValueError("--tokens needs --tokens-per-sample")
+    if all(v is None for v in budget.values()):
+        if args.schedule is None:
+            budget["tokens"] = DEFAULT_TOKENS
+            tps = tps or DEFAULT_TOKENS_PER_SAMPLE
+        else:
+            last = schedule.starts[-1] if schedule.segmented else 0
+            budget["steps"] = max(100, 2 * last)
+    plan = Plan(schedule)
+    steps = budget["steps"]
+    if steps is None:
+        steps = plan.steps_for(budget["samples"], budget["tokens"], tps)
+    print(f"schedule: {json.dumps(schedule.to_config(), sort_keys=True)}")
+    print(f"fingerprint: {schedule.fingerprint}")
+    print()
+    print(plan.table(steps=steps, tokens_per_sample=tps))
+    if args.plot:
+        plot(plan, steps, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the `rampup` command."""
+    p = argparse.ArgumentParser(prog="rampup", description="Batch-size ramp-up for ML training.")
+    sub = p.add_subparsers(dest="command")
+    pre = sub.add_parser("preview", help="print a schedule's segments and totals")
+    pre.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file; default: a "
+                     "GPT-3-like linear ramp, scaled down")
+    budget = pre.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="budget in steps")
+    budget.add_argument("--samples", type=int, help="budget in samples")
+    budget.add_argument("--tokens", type=int, help="budget in tokens (with --tokens-per-sample)")
+    pre.add_argument("--tokens-per-sample", type=int, help="tokens in one sample")
+    pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
+    pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
+    pre.set_defaults(run=preview)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rampup` console script."""
+    args = parser().parse_args(argv)
+    if args.command is None:
+        args = parser().parse_args(["preview", *(argv or [])])
+    try:
+        return args.run(args)
+    except (ValueError, TypeError) as e:
+        print(f"rampup {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Plan: the exact arithmetic between steps and stream positions.
+
+Batch `k` holds stream positions `[O(k), O(k) + B(k))` with `O(k) = sum_{j<k} B(j)`.
+For a segmented schedule every answer is a closed form over the segment that
+holds the step (or position), found by binary search. Offsets are Python ints,
+so they stay exact at any scale.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import NamedTuple
+
+from rampup.schedules import Schedule, check_count
+
+
+class Segment(NamedTuple):
+    """A run of steps with one size.
+
+    Attributes:
+      first_step: the first step of the run.
+      last_step: its last step, None when it never ends.
+      size: the global batch size of every step in it.
+      offset: samples consumed before `first_step`.
+    """
+
+    first_step: int
+    last_step: int | None
+    size: int
+    offset: int
+
+    @property
+    def samples(self) -> int | None:
+        """Samples the run consumes, None when it never ends."""
+        if self.last_step is None:
+            return None
+        return (self.last_step - self.first_step + 1) * self.size
+
+
+class Plan:
+    """Step <-> position arithmetic over a schedule.
+
+    Args:
+      schedule: the global batch size per step.
+    """
+
+    def __init__(self, schedule: Schedule) -> None:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"Plan needs a rampup Schedule (from constant, stepwise, piecewise, linear, "
+                f"from_fn or from_config), got {schedule!r}"
+            )
+        self.schedule = schedule
+        self._starts = list(schedule.starts)
+        self._sizes = list(schedule.sizes)
+        self._offsets = [0]
+        self._lock = threading.Lock()
+        # For a from_fn schedule these grow on demand: sizes[k] and offsets[k] per step.
+        if schedule.segmented:
+            for i in range(1, len(self._starts)):
+                steps = self._starts[i] - self._starts[i - 1]
+                self._offsets.append(self._offsets[-1] + steps * self._sizes[i - 1])
+
+    def __repr__(self) -> str:
+        return f"Plan({self.schedule})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and other.schedule == self.schedule
+
+    def __hash__(self) -> int:
+        return hash(self.schedule)
+
+    def __getstate__(self) -> dict:
+        return {"schedule": self.schedule}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["schedule"])
+
+    def _grow_to_step(self, step: int) -> None:
+        """Memoizes sizes and offsets of a from_fn schedule up to `step`."""
+        sizes, offsets, fn = self._sizes, self._offsets, self.schedule
+        if len(sizes) > step:
+            return
+        with self._lock:  # grain and torch may build batches from several threads
+            while len(sizes) <= step:
+                size = fn(len(sizes))
+                offsets.append(offsets[-1] + size)
+                sizes.append(size)
+
+    def _grow_to_position(self, position: int) -> None:
+        while self._offsets[-1] <= position:
+            self._grow_to_step(len(self._sizes))
+
+    def size(self, step: int) -> int:
+        """The global batch size `B(step)`."""
+        step = check_count(step, "step")
+        if not self.schedule.segmented:
+            self._grow_to_step(step)
+            return self._sizes[step]
+        return self._sizes[bisect.bisect_right(self._starts, step) - 1]
+
+    def offset(self, step: int) -> int:
+        """`O(step)`: the samples consumed by all steps before `step`."""
+        step = check_count(step, "step")
+        if not self.schedule.segmented:
+            self._grow_to_step(step)
+            return self._offsets[step]
+        i = bisect.bisect_right(self._starts, step) - 1
+        return self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        """The stream positions `[start, stop)` of the global batch at `step`."""
+        start = self.offset(step)
+        return start, start + self.size(step)
+
+    def step_at(self, position: int) -> int:
+        """The step whose global batch holds stream position `position`."""
+        position = check_count(position, "position")
+        if not self.schedule.segmented:
+            self._grow_to_position(position)
+            return bisect.bisect_right(self._offsets, position) - 1
+        i = bisect.bisect_right(self._offsets, position) - 1
+        return self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
+
+    def local_bounds(self, step: int, process_index: int, process_count: int) -> tuple[int, int]:
+        """The positions `[start, stop)` of process `process_index`'s slice of batch `step`."""
+        process_count = check_count(process_count, "process_count", 1)
+        process_index = check_count(process_index, "process_index")
+        if process_index >= process_count:
+            raise ValueError(
+                f"process_index={process_index} is not valid for process_count={process_count}; "
+                f"valid: 0..{process_count - 1}"
+            )
+        start, stop = self.bounds(step)
+        size = stop - start
+        if size % process_count:
+            lower = size - size % process_count
+            valid = ", ".join(str(v) for v in (lower, lower + process_count) if v >= 1)
+            raise ValueError(
+                f"batch size {size} at step {step} is not divisible by process_count="
+                f"{process_count}; every size must be a multiple of {process_count} "
+                f"(nearest valid sizes: {valid}; build the schedule with "
+                f"multiple_of={process_count} to catch this up front)"
+            )
+        share = size // process_count
+        return start + process_index * share, start + (process_index + 1) * share
+
+    def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
+        """How many batches a finite stream of `positions` samples gives.
+
+        The last one is partial unless `drop_remainder`, which leaves it out.
+        """
+        positions = check_count(positions, "positions")
+        if positions == 0:
+            return 0
+        step = self.step_at(positions - 1)
+        if drop_remainder and self.offset(step) + self.size(step) > positions:
+            return step
+        return step + 1
+
+    def steps_for(
+        self,
+        samples: int | None = None,
+        tokens: int | None = None,
+        tokens_per_sample: int | None = None,
+    ) -> int:
+        """The number of steps that consume at least the given budget.
+
+        Args:
+          samples: a budget in samples; or
+          tokens: a budget in tokens, with `tokens_per_sample`.
+          tokens_per_sample: tokens in one sample.
+
+        Returns:
+          The smallest `n` with `O(n) >= budget` (the last step may go past it).
+        """
+        samples = budget_samples(samples, tokens, tokens_per_sample)
+        return 0 if samples == 0 else self.step_at(samples - 1) + 1
+
+    def segments(self, until_step: int | None = None) -> list[Segment]:
+        """The runs of equal size over steps `[0, until_step)`; all of them if None."""
+        if until_step is None:
+            if not self.schedule.segmented:
+                raise ValueError("a from_fn schedule has no known end: pass until_step")
+        else:
+            until_step = check_count(until_step, "until_step")
+        if not self.schedule.segmented:
+            return self._fn_segments(until_step)
+        out = []
+        for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
+            if until_step is not None and start >= until_step:
+                break
+            last = self._starts[i + 1] - 1 if i + 1 < len(self._starts) else None
+            if until_step is not None and (last is None or last >= until_step):
+                last = until_step - 1
+            out.append(Segment(start, last, size, self._offsets[i]))
+        return out
+
+    def _fn_segments(self, until_step: int) -> list[Segment]:
+        if until_step:
+            self._grow_to_step(until_step - 1)
+        out: list[Segment] = []
+        for step in range(until_step):
+            size = self._sizes[step]
+            if out and out[-1].size == size:
+                out[-1] = out[-1]._replace(last_step=step)
+            else:
+                out.append(Segment(step, step, size, self._offsets[step]))
+        return out
+
+    def distinct_sizes(self, until_step: int | None = None) -> tuple[int, ...]:
+        """The sorted distinct sizes over `[0, until_step)`.
+
+        Its length is how many batch shapes a jitted step compiles for.
+        """
+        return tuple(sorted({s.size for s in self.segments(until_step)}))
+
+    def table(
+        self,
+        steps: int | None = None,
+        samples: int | None = None,
+        tokens: int | None = None,
+        tokens_per_sample: int | None = None,
+    ) -> str:
+        """A preview: one row per segment up to a budget, then the totals.
+
+        Args:
+          steps: the budget in steps; or `samples`; or `tokens` with `tokens_per_sample`.
+          samples: the budget in samples.
+          tokens: the budget in tokens.
+          tokens_per_sample: tokens in one sample; adds a tokens column.
+
+        Returns:
+          The table as text.
+        """
+        if steps is None:
+            if samples is None and tokens is None:
+                raise ValueError("table: give a budget: steps, samples or tokens")
+            steps = self.steps_for(samples, tokens, tokens_per_sample)
+        steps = check_count(steps, "steps")
+        total = self.offset(steps)
+        head = ["first step", "last step", "size", "samples"]
+        if tokens_per_sample:
+            head.append("tokens")
+        head.append("share")
+        rows = [head]
+        for seg in self.segments(steps):
+            row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}",
+                   f"{seg.samples:,}"]
+            if tokens_per_sample:
+                row.append(f"{seg.samples * tokens_per_sample:,}")
+            row.append(f"{100 * seg.samples / total:.2f}%" if total else "-")
+            rows.append(row)
+        widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+        lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        summary = f"{steps:,} steps, {total:,} samples"
+        if tokens_per_sample:
+            summary += f", {total * tokens_per_sample:,} tokens"
+        summary += f", {len(self.distinct_sizes(steps))} distinct sizes"
+        return "\n".join([*lines, "", summary])
+
+
+def budget_samples(
+    samples: int | None, tokens: int | None, tokens_per_sample: int | None
+) -> int:
+    """A budget in samples, from samples or from tokens and tokens per sample."""
+    if (samples is None) == (tokens is None):
+        raise ValueError("give exactly one budget: samples=... or tokens=...")
+    if samples is not None:
+        return check_count(samples, "samples")
+    tokens = check_count(tokens, "tokens")
+    if tokens_per_sample is None:
+        raise ValueError("a budget in tokens needs tokens_per_sample")
+    tokens_per_sample = check_count(tokens_per_sample, "tokens_per_sample", 1)
+    return -(-tokens // tokens_per_sample)

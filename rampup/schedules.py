@@ -1,0 +1,426 @@
+"""Schedules: the global batch size as a function of the step.
+
+A `Schedule` is immutable and compares and hashes by value. Every builder but
+`from_fn` reduces to segments: the steps at which the size changes, so that a
+`Plan` answers any question with a binary search over them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import numbers
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+UNITS = ("steps", "samples", "tokens")
+TYPES = ("constant", "stepwise", "piecewise", "linear")
+
+_INT_LIKE = re.compile(r"^\s*\d+\s*$")
+
+
+def check_size(value: Any, what: str) -> int:
+    """Returns `value` as an int batch size >= 1, or raises naming `what`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral)):
+        raise TypeError(
+            f"{what}: batch size {value!r} of type {type(value).__name__} is not an int; "
+            "batch sizes are whole numbers of samples >= 1"
+        )
+    if value < 1:
+        raise ValueError(f"{what}: batch size {value} is not valid; batch sizes must be >= 1")
+    return int(value)
+
+
+def check_count(value: Any, what: str, minimum: int = 0) -> int:
+    """Returns `value` as an int >= `minimum` (a step, a sample count, a seed)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _boundary(key: Any, builder: str) -> int:
+    if isinstance(key, str):
+        if not _INT_LIKE.match(key):
+            raise ValueError(
+                f"{builder}: boundary {key!r} is not an int-like string; "
+                "boundaries are integers >= 0 such as 1000 or '1000'"
+            )
+        return int(key)
+    if isinstance(key, (bool, np.bool_)) or not isinstance(key, numbers.Integral):
+        raise ValueError(
+            f"{builder}: boundary {key!r} ({type(key).__name__}) is not an integer; "
+            "boundaries are integers >= 0 such as 1000 or '1000'"
+        )
+    if key < 0:
+        raise ValueError(f"{builder}: boundary {key} is negative; boundaries must be >= 0")
+    return int(key)
+
+
+def _sorted_boundaries(mapping: Mapping[Any, Any], builder: str) -> list[tuple[int, Any]]:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{builder}: expected a dict of boundary -> value, got {mapping!r}")
+    items: dict[int, Any] = {}
+    for key, value in mapping.items():
+        b = _boundary(key, builder)
+        if b in items:
+            raise ValueError(f"{builder}: boundary {b} is given twice ({key!r})")
+        items[b] = value
+    return sorted(items.items())
+
+
+def _check_scale(scale: Any, boundary: int) -> float:
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(
+            f"stepwise: scale {scale!r} at boundary {boundary} is not a number; "
+            "scales are finite numbers >= 0"
+        )
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(
+            f"stepwise: scale {scale} at boundary {boundary} is not valid; "
+            "scales are finite numbers >= 0"
+        )
+    return float(scale)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Constraints every size must meet: a multiple of `multiple_of`, within bounds."""
+
+    multiple_of: int = 1
+    min_size: int = 1
+    max_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_size(self.multiple_of, "multiple_of")
+        check_size(self.min_size, "min_size")
+        if self.max_size is not None:
+            check_size(self.max_size, "max_size")
+            if self.max_size < self.min_size:
+                raise ValueError(f"max_size={self.max_size} is below min_size={self.min_size}")
+
+    def check(self, size: Any, step: int) -> int:
+        """Returns `size` if it meets the rules at `step`; raises ValueError otherwise."""
+        size = check_size(size, f"step {step}")
+        if size % self.multiple_of:
+            lower = size - size % self.multiple_of
+            valid = ", ".join(str(v) for v in (lower, lower + self.multiple_of) if v >= 1)
+            raise ValueError(
+                f"batch size {size} at step {step} is not a multiple of "
+                f"multiple_of={self.multiple_of}; nearest valid sizes: {valid}"
+            )
+        if size < self.min_size:
+            raise ValueError(f"batch size {size} at step {step} is below min_size={self.min_size}")
+        if self.max_size is not None and size > self.max_size:
+            raise ValueError(f"batch size {size} at step {step} is above max_size={self.max_size}")
+        return size
+
+    def config(self) -> dict[str, int]:
+        """The non-default rules as config entries."""
+        out = {}
+        if self.multiple_of != 1:
+            out["multiple_of"] = self.multiple_of
+        if self.min_size != 1:
+            out["min_size"] = self.min_size
+        if self.max_size is not None:
+            out["max_size"] = self.max_size
+        return out
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The global batch size per step, `B(k)`; call it with a step.
+
+    Attributes:
+      starts: the first step of each segment (segmented schedules), `starts[0] == 0`.
+      sizes: the size of each segment; the last segment never ends.
+      config: the canonical JSON text of the description it was built from.
+      fn: the callable of a `from_fn` schedule, else None.
+    """
+
+    starts: tuple[int, ...]
+    sizes: tuple[int, ...]
+    config: str
+    rules: Rules = field(default_factory=Rules)
+    fn: Callable[[int], int] | None = None
+
+    @property
+    def segmented(self) -> bool:
+        """True when the size is known in closed form from segments."""
+        return self.fn is None
+
+    def __call__(self, step: int) -> int:
+        step = check_count(step, "step")
+        if self.fn is not None:
+            return self.rules.check(self.fn(step), step)
+        return self.sizes[bisect.bisect_right(self.starts, step) - 1]
+
+    def to_config(self) -> dict[str, Any]:
+        """A dict that `from_config` turns back into an equal schedule (JSON-able)."""
+        if self.fn is not None:
+            raise ValueError(
+                "a from_fn schedule has no config; use piecewise() or another builder "
+                "to write a schedule down"
+            )
+        return json.loads(self.config)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short stable string that identifies the schedule in checkpoint states."""
+        if self.fn is not None:
+            fn = self.fn
+            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+            text = json.dumps({"type": "fn", "fn": name, **self.rules.config()}, sort_keys=True)
+        else:
+            text = self.config
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def __str__(self) -> str:
+        if self.fn is not None:
+            return f"Schedule(from_fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+        parts = ", ".join(f"{s}: {b}" for s, b in zip(self.starts, self.sizes, strict=True))
+        return f"Schedule({json.loads(self.config)['type']}, step -> size {{{parts}}})"
+
+
+def _thresholds_to_steps(
+    thresholds: list[tuple[int, int]], unit: str, tokens_per_sample: int | None
+) -> tuple[list[int], list[int]]:
+    """Turns (threshold, size) pairs into (step, size) segment starts.
+
+    A sample or token threshold takes effect at the first step whose offset
+    reaches it, so a segment may end up empty and is then dropped.
+    """
+    if unit == "steps":
+        return [t for t, _ in thresholds], [b for _, b in thresholds]
+    if unit == "tokens":
+        if tokens_per_sample is None:
+            raise ValueError("unit='tokens' needs tokens_per_sample, the tokens in one sample")
+        thresholds = [(-(-t // tokens_per_sample), b) for t, b in thresholds]
+    starts, sizes = [0], [thresholds[0][1]]
+    step = offset = 0
+    for threshold, size in thresholds[1:]:
+        if threshold > offset:
+            n = -(-(threshold - offset) // sizes[-1])
+            step, offset = step + n, offset + n * sizes[-1]
+            starts.append(step)
+            sizes.append(size)
+        else:
+            sizes[-1] = size
+    return starts, sizes
+
+
+def _build(
+    kind: str,
+    thresholds: list[tuple[int, int]],
+    params: dict[str, Any],
+    *,
+    unit: str = "steps",
+    tokens_per_sample: int | None = None,
+    multiple_of: int = 1,
+    min_size: int = 1,
+    max_size: int | None = None,
+) -> Schedule:
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r} is not valid; valid units: {', '.join(UNITS)}")
+    if tokens_per_sample is not None:
+        tokens_per_sample = check_size(tokens_per_sample, "tokens_per_sample")
+    rules = Rules(multiple_of, min_size, max_size)
+    raw_starts, raw_sizes = _thresholds_to_steps(thresholds, unit, tokens_per_sample)
+    starts: list[int] = []
+    sizes: list[int] = []
+    for start, size in zip(raw_starts, raw_sizes, strict=True):
+        rules.check(size, start)
+        if sizes and sizes[-1] == size:
+            continue
+        starts.append(start)
+        sizes.append(size)
+    config = {"type": kind, **params}
+    if unit != "steps":
+        config["unit"] = unit
+    if tokens_per_sample is not None:
+        config["tokens_per_sample"] = tokens_per_sample
+    config.update(rules.config())
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return Schedule(tuple(starts), tuple(sizes), text, rules)
+
+
+def constant(size: int, **options: Any) -> Schedule:
+    """The same size at every step.
+
+    Args:
+      size: the global batch size, an int >= 1.
+      **options: `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      The schedule `B(k) = size`.
+    """
+    size = check_size(size, "constant")
+    return _build("constant", [(0, size)], {"size": size}, **options)
+
+
+def stepwise(
+    batch_size: int,
+    boundaries_and_scales: Mapping[int | str, float],
+    cumulative: bool = False,
+    **options: Any,
+) -> Schedule:
+    """The xLSTM grain module's rule: the latest boundary's scale applies.
+
+    Args:
+      batch_size: the base size, used before the first boundary.
+      boundaries_and_scales: boundary -> scale; keys are ints or int-like strings.
+      cumulative: multiply the scales of all boundaries reached (optax style)
+        instead of applying the latest one alone.
+      **options: `unit`, `tokens_per_sample`, `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      The schedule with `B(k) = int(batch_size * f_b)` for the largest `b <= k`.
+    """
+    batch_size = check_size(batch_size, "stepwise batch_size")
+    items = _sorted_boundaries(boundaries_and_scales, "stepwise")
+    thresholds = [] if items and items[0][0] == 0 else [(0, batch_size)]
+    product = 1.0
+    for boundary, scale in items:
+        scale = _check_scale(scale, boundary)
+        product = product * scale if cumulative else scale
+        size = int(batch_size * product)
+        if size < 1:
+            raise ValueError(
+                f"stepwise: scale {scale} at boundary {boundary} gives batch size "
+                f"int({batch_size} * {product:g}) = {size}; sizes must be >= 1, so the "
+                f"scale must be >= {1 / batch_size:g}"
+            )
+        thresholds.append((boundary, size))
+    params = {
+        "batch_size": batch_size,
+        "boundaries_and_scales": {str(b): float(s) for b, s in items},
+        "cumulative": bool(cumulative),
+    }
+    return _build("stepwise", thresholds, params, **options)
+
+
+def piecewise(sizes: Mapping[int | str, int], **options: Any) -> Schedule:
+    """Absolute sizes, each from its threshold on.
+
+    Args:
+      sizes: threshold -> size; threshold 0 must be present.
+      **options: `unit`, `tokens_per_sample`, `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      The schedule with the size of the largest threshold reached.
+    """
+    items = _sorted_boundaries(sizes, "piecewise")
+    if not items or items[0][0] != 0:
+        raise ValueError(
+            f"piecewise: threshold 0 is missing in {dict(sizes)!r}; the size at step 0 "
+            "must be given, e.g. {0: 32, 1000: 64}"
+        )
+    thresholds = [(b, check_size(s, f"piecewise at threshold {b}")) for b, s in items]
+    params = {"sizes": {str(b): s for b, s in thresholds}}
+    return _build("piecewise", thresholds, params, **options)
+
+
+def linear(
+    start: int, increment: int, rampup_samples: int, final: int, **options: Any
+) -> Schedule:
+    """Megatron-LM's `--rampup-batch-size start increment rampup_samples`.
+
+    Args:
+      start: the size at step 0.
+      increment: the size grows by this much at a time.
+      rampup_samples: samples consumed over the ramp.
+      final: the size once more than `rampup_samples` samples are consumed.
+      **options: `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      The schedule `start + increment * floor(O(k) * n / rampup_samples)` while
+      `O(k) <= rampup_samples`, `final` after, with `n = (final - start) // increment`,
+      in exact integer arithmetic.
+    """
+    start = check_size(start, "linear start")
+    final = check_size(final, "linear final")
+    increment = check_size(increment, "linear increment")
+    rampup_samples = check_count(rampup_samples, "linear rampup_samples")
+    if final < start:
+        raise ValueError(f"linear: final={final} is below start={start}; a ramp-up grows")
+    if (final - start) % increment:
+        raise ValueError(
+            f"linear: final - start = {final - start} is not divisible by increment={increment}"
+        )
+    n = (final - start) // increment
+    params = {"start": start, "increment": increment, "rampup_samples": rampup_samples,
+              "final": final}
+    if n == 0 or rampup_samples == 0:
+        thresholds = [(0, final)]
+    else:
+        # Size start + i*increment from the first offset O with O * n // R == i.
+        thresholds = [(-(-i * rampup_samples // n), start + i * increment) for i in range(n)]
+        thresholds.append((rampup_samples, final))
+    unit = options.pop("unit", "samples")
+    if unit != "samples" or "tokens_per_sample" in options:
+        raise ValueError(f"linear: the ramp counts samples; unit={unit!r} and "
+                         "tokens_per_sample are not options of linear")
+    return _build("linear", thresholds, params, unit="samples", **options)
+
+
+def from_fn(fn: Callable[[int], int], **options: Any) -> Schedule:
+    """Any callable `step -> size`, checked at each step it is asked for.
+
+    Args:
+      fn: returns the global batch size at a step. It must pickle to reach
+        spawned workers (a module-level function, not a lambda).
+      **options: `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      A schedule without segments; plans memoize its prefix sums.
+    """
+    if not callable(fn):
+        raise TypeError(f"from_fn: {fn!r} is not callable")
+    rules = Rules(**options)
+    return Schedule((0,), (), "", rules, fn)
+
+
+_OPTIONS = ("unit", "tokens_per_sample", "multiple_of", "min_size", "max_size")
+_PARAMS = {
+    "constant": ("size",),
+    "stepwise": ("batch_size", "boundaries_and_scales", "cumulative"),
+    "piecewise": ("sizes",),
+    "linear": ("start", "increment", "rampup_samples", "final"),
+}
+_BUILDERS: dict[str, Callable[..., Schedule]] = {
+    "constant": constant, "stepwise": stepwise, "piecewise": piecewise, "linear": linear,
+}
+
+
+def from_config(config: Mapping[str, Any]) -> Schedule:
+    """Builds a schedule from `{"type": ..., ...}`, as written by `Schedule.to_config`.
+
+    Args:
+      config: a dict with "type" one of constant, stepwise, piecewise, linear,
+        that builder's arguments by name, and any of its options.
+
+    Returns:
+      The schedule.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a schedule config is a dict with a 'type', got {config!r}")
+    kind = config.get("type")
+    if kind not in _BUILDERS:
+        raise ValueError(
+            f"schedule type {kind!r} is not known; valid types: {', '.join(TYPES)}"
+        )
+    allowed = set(_PARAMS[kind]) | set(_OPTIONS) | {"type"}
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(
+            f"{kind} schedule: unknown keys {unknown}; valid keys: {sorted(allowed - {'type'})}"
+        )
+    kwargs = {k: v for k, v in config.items() if k != "type"}
+    return _BUILDERS[kind](**kwargs)

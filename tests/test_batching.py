@@ -1,0 +1,230 @@
+"""RampupBatches and StreamBatcher: content, ends, state and restore."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rampup import RampupBatches, StreamBatcher, constant, piecewise
+from rampup.batching import epoch_permutation
+
+SCHEDULE = piecewise({0: 2, 3: 4, 5: 8})  # offsets 0,2,4,6,10,14,22,30
+
+
+def test_batches_hold_consecutive_positions():
+    b = RampupBatches(np.arange(100), SCHEDULE)
+    assert b[0].tolist() == [0, 1]
+    assert b[3].tolist() == [6, 7, 8, 9]
+    assert b[5].tolist() == list(range(14, 22))
+
+
+def test_batches_run_across_epoch_borders():
+    b = RampupBatches(np.arange(5), SCHEDULE)
+    assert b[2].tolist() == [4, 0]
+    assert b[3].tolist() == [1, 2, 3, 4]
+
+
+def test_shuffle_is_a_permutation_per_epoch_from_the_seed():
+    b = RampupBatches(np.arange(10), constant(5), shuffle_seed=3)
+    epoch0 = np.concatenate([b[0], b[1]])
+    epoch1 = np.concatenate([b[2], b[3]])
+    assert sorted(epoch0) == list(range(10)) and sorted(epoch1) == list(range(10))
+    assert epoch0.tolist() == epoch_permutation(3, 0, 10).tolist()
+    assert epoch1.tolist() == epoch_permutation(3, 1, 10).tolist()
+    assert epoch0.tolist() != epoch1.tolist()
+
+
+def test_finite_stream_ends_with_partial_batch():
+    b = RampupBatches(list(range(6)), SCHEDULE, num_epochs=2)  # 12 positions
+    got = [x.tolist() for x in b]
+    assert got == [[0, 1], [2, 3], [4, 5], [0, 1, 2, 3], [4, 5]]
+    assert len(b) == 5
+
+
+def test_drop_remainder_leaves_out_partial_batch():
+    b = RampupBatches(list(range(6)), SCHEDULE, num_epochs=2, drop_remainder=True)
+    assert len(b) == 4
+    assert [x.tolist() for x in b][-1] == [0, 1, 2, 3]
+    with pytest.raises(IndexError, match="step 4 is past the end"):
+        b[4]
+
+
+def test_endless_has_no_len():
+    with pytest.raises(TypeError, match="num_epochs"):
+        len(RampupBatches(list(range(6)), SCHEDULE))
+
+
+def test_process_slices_concatenate_to_the_global_batch():
+    data = np.arange(50)
+    whole = RampupBatches(data, SCHEDULE)
+    parts = [RampupBatches(data, SCHEDULE, process_index=i, process_count=2) for i in range(2)]
+    for k in range(8):
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+
+
+def test_process_count_that_does_not_divide_names_the_step():
+    b = RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
+    with pytest.raises(ValueError, match="batch size 2 at step 0 .* process_count=4"):
+        b[0]
+
+
+def test_wrap_false_passes_positions_through():
+    class Doubling:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return np.int64(2 * i)
+
+    b = RampupBatches(Doubling(), constant(2), wrap=False)
+    assert b[2].tolist() == [8, 10]
+
+
+def test_default_collate_builds_dict_batches():
+    source = [{"x": np.full(3, i, np.float32), "y": i} for i in range(10)]
+    batch = RampupBatches(source, constant(4))[1]
+    assert batch["x"].shape == (4, 3) and batch["x"].dtype == np.float32
+    assert batch["y"].tolist() == [4, 5, 6, 7]
+
+
+def test_custom_collate_receives_the_elements_list():
+    b = RampupBatches(list("abcdef"), constant(3), collate="".join)
+    assert b[1] == "def"
+
+
+def test_iter_from_starts_at_any_step():
+    b = RampupBatches(np.arange(100), SCHEDULE)
+    it = b.iter_from(4)
+    assert next(it).tolist() == list(range(10, 14))
+    assert it.step == 5
+
+
+def test_workers_stride_from_the_start_step():
+    b = RampupBatches(np.arange(100), SCHEDULE, num_epochs=1)
+    worker_lists = [list(b.iter_from(1, worker_index=w, worker_count=3)) for w in range(3)]
+    merged = []
+    for i in range(max(map(len, worker_lists))):
+        merged += [w[i] for w in worker_lists if i < len(w)]
+    expected = list(b.iter_from(1))
+    assert len(merged) == len(expected)
+    for got, want in zip(merged, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_state_is_json_of_plain_ints_and_strings():
+    it = RampupBatches(np.arange(100), SCHEDULE).iter_from(0)
+    next(it), next(it), next(it), next(it)
+    state = it.get_state()
+    assert json.loads(json.dumps(state)) == state
+    assert state["version"] == 1 and state["step"] == 4 and state["position"] == 10
+    assert all(isinstance(v, (int, str)) for v in state.values())
+
+
+def test_restore_continues_identically():
+    b = RampupBatches(np.arange(37), SCHEDULE, shuffle_seed=1)
+    it = b.iter_from(0)
+    for _ in range(5):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(6)]
+    other = RampupBatches(np.arange(37), SCHEDULE, shuffle_seed=1).iter_from(0)
+    other.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(other), want)
+
+
+def test_restore_from_another_schedule_raises():
+    it = RampupBatches(np.arange(100), SCHEDULE).iter_from(3)
+    state = it.get_state()
+    other = RampupBatches(np.arange(100), constant(4)).iter_from(0)
+    with pytest.raises(ValueError, match="schedule .* on_schedule_change='continue'"):
+        other.set_state(state)
+
+
+def test_schedule_change_continue_keeps_the_data_position():
+    it = RampupBatches(np.arange(100), SCHEDULE).iter_from(3)  # position 6
+    state = it.get_state()
+    new = RampupBatches(np.arange(100), constant(4), on_schedule_change="continue").iter_from(0)
+    new.set_state(state)
+    assert next(new).tolist() == [6, 7, 8, 9]
+    assert next(new).tolist() == [10, 11, 12, 13]
+    again = new.get_state()
+    assert again["position"] == 14 and again["step"] == 5
+    later = RampupBatches(np.arange(100), constant(4)).iter_from(0)
+    later.set_state(again)  # same schedule now: the shifted position is kept
+    assert next(later).tolist() == [14, 15, 16, 17]
+
+
+def test_state_of_another_version_raises():
+    it = RampupBatches(np.arange(100), SCHEDULE).iter_from(0)
+    state = dict(it.get_state(), version=2)
+    with pytest.raises(ValueError, match="version 2"):
+        it.set_state(state)
+
+
+def test_malformed_state_raises():
+    it = RampupBatches(np.arange(100), SCHEDULE).iter_from(0)
+    with pytest.raises(ValueError, match="not a rampup state"):
+        it.set_state({"batch_step": 3})
+
+
+def test_bad_policy_is_rejected():
+    with pytest.raises(ValueError, match="on_schedule_change='skip'"):
+        RampupBatches(np.arange(10), SCHEDULE, on_schedule_change="skip")
+
+
+class StatefulCounter:
+    """An iterator over range(n) with get_state/set_state, as grain's iterators have."""
+
+    def __init__(self, n):
+        self.n, self.i = n, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        return self.i - 1
+
+    def get_state(self):
+        return {"i": self.i}
+
+    def set_state(self, state):
+        self.i = state["i"]
+
+
+def test_stream_batcher_pulls_schedule_sizes():
+    got = [b.tolist() for b in StreamBatcher(iter(range(20)), SCHEDULE)]
+    assert got == [[0, 1], [2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12, 13],
+                   list(range(14, 20))]
+
+
+def test_stream_batcher_drop_remainder():
+    got = [b.tolist() for b in StreamBatcher(range(20), SCHEDULE, drop_remainder=True)]
+    assert got[-1] == [10, 11, 12, 13]
+
+
+def test_stream_batcher_pulls_the_process_share():
+    got = [b.tolist() for b in StreamBatcher(range(7), SCHEDULE, process_index=1,
+                                             process_count=2)]
+    assert got == [[0], [1], [2], [3, 4], [5, 6]]
+
+
+def test_stream_batcher_restores_from_state_with_parent():
+    s = StreamBatcher(StatefulCounter(40), SCHEDULE)
+    for _ in range(4):
+        next(s)
+    state = json.loads(json.dumps(s.get_state()))
+    assert state["parent"] == {"i": 10} and state["step"] == 4 and state["position"] == 10
+    rest = [b.tolist() for b in s]
+    again = StreamBatcher(StatefulCounter(40), SCHEDULE)
+    again.set_state(state)
+    assert [b.tolist() for b in again] == rest
+
+
+def test_stream_batcher_says_why_a_plain_iterator_cannot_be_checkpointed():
+    s = StreamBatcher(iter(range(10)), SCHEDULE)
+    with pytest.raises(TypeError, match="cannot be checkpointed.*RampupBatches"):
+        s.get_state()

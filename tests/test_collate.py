@@ -1,0 +1,64 @@
+"""default_collate: pytree stacking and its errors."""
+
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from rampup import default_collate
+
+Pair = namedtuple("Pair", "a b")
+
+
+def test_stacks_arrays_along_a_new_axis():
+    out = default_collate([np.arange(3, dtype=np.float32) + i for i in range(4)])
+    assert out.shape == (4, 3) and out.dtype == np.float32
+    assert out[2].tolist() == [2, 3, 4]
+
+
+def test_keeps_dict_list_tuple_and_namedtuple_structure():
+    elements = [{"p": Pair(np.int32(i), [np.zeros(2), (i, 1.5)])} for i in range(3)]
+    out = default_collate(elements)
+    assert isinstance(out["p"], Pair)
+    assert out["p"].a.tolist() == [0, 1, 2] and out["p"].a.dtype == np.int32
+    assert isinstance(out["p"].b, list) and out["p"].b[0].shape == (3, 2)
+    assert isinstance(out["p"].b[1], tuple)
+    assert out["p"].b[1][0].tolist() == [0, 1, 2] and out["p"].b[1][1].tolist() == [1.5] * 3
+
+
+def test_shape_mismatch_names_element_and_both_specs():
+    elements = [np.zeros(3, np.float32)] * 2 + [np.zeros(4, np.float32)]
+    with pytest.raises(ValueError, match=r"element 2 .* float32\[3\].* float32\[4\]"):
+        default_collate(elements)
+
+
+def test_dtype_mismatch_is_an_error_not_a_silent_cast():
+    elements = [np.zeros(3, np.float64), np.zeros(3, np.float32)]
+    with pytest.raises(ValueError, match=r"element 1 .*float64\[3\].*float32\[3\]"):
+        default_collate(elements)
+
+
+def test_key_mismatch_names_the_element():
+    with pytest.raises(ValueError, match="element 1 .*different keys.*'x'.*'y'"):
+        default_collate([{"x": 1}, {"y": 1}])
+
+
+def test_leaf_path_is_named():
+    elements = [{"img": np.zeros((2, 2))}, {"img": np.zeros((2, 3))}]
+    with pytest.raises(ValueError, match=r"\['img'\]"):
+        default_collate(elements)
+
+
+def test_scalar_type_mismatch():
+    with pytest.raises(ValueError, match="element 1 .*scalar type"):
+        default_collate([1, 2.0])
+
+
+def test_empty_batch_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        default_collate([])
+
+
+def test_unsupported_leaf_type_says_to_pass_collate():
+    with pytest.raises(TypeError, match="collate="):
+        default_collate([object(), object()])
