@@ -1,11 +1,14 @@
-"""The `rampup` command: preview a schedule (more subcommands register below)."""
+"""The `rampup` command: preview a schedule, run the demo, run the benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
+import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Sequence
 from typing import Any
@@ -109,6 +112,50 @@ def preview(args: argparse.Namespace) -> int:
     return 0
 
 
+# (suite, module that must be importable, benchmark module)
+BENCH_SUITES = (
+    ("core", "numpy", "rampup.benchmarks.bench_core"),
+    ("grain", "grain", "rampup.benchmarks.bench_grain"),
+    ("torch", "torch", "rampup.benchmarks.bench_torch"),
+    ("tf", "tensorflow", "rampup.benchmarks.bench_tf"),
+    ("jax", "jax", "rampup.benchmarks.bench_jax"),
+)
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Runs the benchmark suites the installed extras allow; prints one table of ratios."""
+    from rampup.benchmarks.harness import table
+
+    rows: list[dict[str, Any]] = []
+    for suite, needs, module in BENCH_SUITES:
+        if importlib.util.find_spec(needs) is None:
+            print(f"[{suite}] skipped: {needs} is not installed", file=sys.stderr)
+            continue
+        if importlib.util.find_spec(module) is None:
+            print(f"[{suite}] skipped: {module} is not installed", file=sys.stderr)
+            continue
+        print(f"[{suite}] running {module}{' --quick' if args.quick else ''} ...",
+              file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(tmp) / "rows.json"
+            # One process per suite: frameworks set up devices and threads once per process.
+            cmd = [sys.executable, "-m", module, "--json", str(out)]
+            done = subprocess.run(cmd + (["--quick"] if args.quick else []),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(f"[{suite}] failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                rows.append({"name": f"{suite}: failed (exit {done.returncode})", "ratio": 0.0,
+                             "target": "runs", "holds": False, "suite": suite})
+                continue
+            rows += [{**r, "name": f"{suite}: {r['name']}", "suite": suite}
+                     for r in json.loads(out.read_text())]
+    print(table(rows))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
+        print(f"results written to {args.json}")
+    return 0 if all(r["holds"] for r in rows) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `rampup` command."""
     p = argparse.ArgumentParser(prog="rampup", description="Batch-size ramp-up for ML training.")
@@ -124,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
     pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
     pre.set_defaults(run=preview)
+    ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
+    ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats")
+    ben.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    ben.set_defaults(run=bench)
     return p
 
 

@@ -6,18 +6,40 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rampup import Plan, RampupBatches, piecewise
+from rampup import Plan, RampupBatches, linear, piecewise, stepwise
 
 PROCESS_COUNTS = (1, 2, 4, 8)
 
 
 @st.composite
-def schedules(draw):
-    """Piecewise schedules whose sizes are multiples of 8 (any process count divides)."""
+def piecewise_schedules(draw):
     n = draw(st.integers(1, 4))
     steps = sorted(draw(st.sets(st.integers(1, 30), min_size=n - 1, max_size=n - 1)))
     sizes = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
-    return piecewise({s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)})
+    unit = draw(st.sampled_from(["steps", "samples"]))
+    scale = 1 if unit == "steps" else 8
+    return piecewise({scale * s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)},
+                     unit=unit)
+
+
+@st.composite
+def stepwise_schedules(draw):
+    boundaries = draw(st.sets(st.integers(0, 30), min_size=1, max_size=4))
+    scales = {b: draw(st.sampled_from([1, 2, 3, 4])) for b in boundaries}
+    return stepwise(8 * draw(st.integers(1, 3)), scales, cumulative=draw(st.booleans()))
+
+
+@st.composite
+def linear_schedules(draw):
+    start = 8 * draw(st.integers(1, 3))
+    increment = 8 * draw(st.integers(1, 2))
+    final = start + increment * draw(st.integers(0, 5))
+    return linear(start, increment, draw(st.integers(0, 300)), final)
+
+
+def schedules():
+    """Schedules whose sizes are multiples of 8, so that every process count divides them."""
+    return st.one_of(piecewise_schedules(), stepwise_schedules(), linear_schedules())
 
 
 settings.register_profile("rampup", max_examples=60, deadline=None)
