@@ -17,7 +17,7 @@ import numpy as np
 
 from rampup.collate import default_collate
 from rampup.plan import Plan
-from rampup.schedules import Schedule, check_count
+from rampup.schedules import Schedule, check_count, nearest_multiples
 
 STATE_VERSION = 1
 VERSION_KEY = "version"
@@ -149,6 +149,12 @@ class RampupBatches:
                              f"{process_count}; valid: 0..{process_count - 1}")
         self.on_schedule_change = check_policy(on_schedule_change)
         self.wrap = bool(wrap)
+        if self.end is not None and not self.drop_remainder and len(self):
+            # Fail at start-up, not when the last batch is reached.
+            last = len(self) - 1
+            start, stop = self.plan.bounds(last)
+            if stop > self.end:
+                self._partial_share(last, start)
 
     @property
     def schedule(self) -> Schedule:
@@ -173,7 +179,27 @@ class RampupBatches:
         global_start, global_stop = global_start + shift, global_stop + shift
         if global_start >= self.end or (self.drop_remainder and global_stop > self.end):
             return None
-        return min(start + shift, self.end), min(stop + shift, self.end)
+        if global_stop <= self.end:
+            return start + shift, stop + shift
+        share = self._partial_share(step, global_start)
+        return (global_start + self.process_index * share,
+                global_start + (self.process_index + 1) * share)
+
+    def _partial_share(self, step: int, global_start: int) -> int:
+        """Each process's even share of a batch cut short by the end of the data.
+
+        Every process must hold the same number of rows (a global array is
+        assembled from equal slices), so a remainder that does not split raises.
+        """
+        remainder = self.end - global_start
+        if remainder % self.process_count:
+            valid = ", ".join(map(str, nearest_multiples(remainder, self.process_count)))
+            raise ValueError(
+                f"the last batch (step {step}) holds {remainder} samples, which "
+                f"process_count={self.process_count} processes cannot split evenly "
+                f"(a multiple of {self.process_count} would: {valid}); pass "
+                f"drop_remainder=True, or a source length that leaves a divisible remainder")
+        return remainder // self.process_count
 
     def indices(self, start: int, stop: int) -> np.ndarray:
         """The source indices of stream positions `[start, stop)`."""

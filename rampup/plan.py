@@ -12,7 +12,7 @@ import bisect
 import threading
 from typing import NamedTuple
 
-from rampup.schedules import Schedule, check_count
+from rampup.schedules import Schedule, check_count, nearest_multiples
 
 
 class Segment(NamedTuple):
@@ -135,8 +135,7 @@ class Plan:
         start, stop = self.bounds(step)
         size = stop - start
         if size % process_count:
-            lower = size - size % process_count
-            valid = ", ".join(str(v) for v in (lower, lower + process_count) if v >= 1)
+            valid = ", ".join(map(str, nearest_multiples(size, process_count)))
             raise ValueError(
                 f"batch size {size} at step {step} is not divisible by process_count="
                 f"{process_count}; every size must be a multiple of {process_count} "

@@ -37,6 +37,15 @@ def check_size(value: Any, what: str) -> int:
     return int(value)
 
 
+def nearest_multiples(size: int, multiple: int) -> tuple[int, ...]:
+    """The multiples of `multiple` next to `size` (one below, one above), each >= 1.
+
+    Every "not divisible" error names these as the valid sizes to use instead.
+    """
+    lower = size - size % multiple
+    return tuple(v for v in (lower, lower + multiple) if v >= 1)
+
+
 def check_count(value: Any, what: str, minimum: int = 0) -> int:
     """Returns `value` as an int >= `minimum` (a step, a sample count, a seed)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -110,8 +119,7 @@ class Rules:
         """Returns `size` if it meets the rules at `step`; raises ValueError otherwise."""
         size = check_size(size, f"step {step}")
         if size % self.multiple_of:
-            lower = size - size % self.multiple_of
-            valid = ", ".join(str(v) for v in (lower, lower + self.multiple_of) if v >= 1)
+            valid = ", ".join(map(str, nearest_multiples(size, self.multiple_of)))
             raise ValueError(
                 f"batch size {size} at step {step} is not a multiple of "
                 f"multiple_of={self.multiple_of}; nearest valid sizes: {valid}"

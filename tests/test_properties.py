@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,6 +76,26 @@ def test_process_slices_concatenate_to_one_process_batch(schedule, n, p, step):
                            process_count=p)[step] for i in range(p)]
     np.testing.assert_array_equal(np.concatenate(parts), whole[step])
     assert len({len(x) for x in parts}) == 1
+
+
+@given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans(),
+       st.sampled_from(PROCESS_COUNTS))
+def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epochs, drop, p):
+    whole = RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop)
+    plan = Plan(schedule)
+    remainder = n * epochs - plan.offset(len(whole) - 1) if len(whole) else 0
+    make = [lambda i=i: RampupBatches(np.arange(n), schedule, num_epochs=epochs,
+                                      drop_remainder=drop, process_index=i, process_count=p)
+            for i in range(p)]
+    if not drop and remainder % p:
+        with pytest.raises(ValueError, match=f"step {len(whole) - 1}.*cannot split evenly"):
+            make[0]()
+        return
+    parts = [f() for f in make]
+    for step in range(len(whole)):
+        slices = [part[step] for part in parts]
+        assert len({len(x) for x in slices}) == 1
+        np.testing.assert_array_equal(np.concatenate(slices), whole[step])
 
 
 @given(schedules(), st.integers(1, 50), st.integers(0, 60),
