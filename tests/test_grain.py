@@ -1,0 +1,296 @@
+"""The grain adapter against real grain: sizes, epochs, workers, processes, restore."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+grain = pytest.importorskip("grain")
+
+import rampup  # noqa: E402
+from rampup.adapters.grain import (  # noqa: E402
+    RampupIterDataset,
+    RampupMapDataset,
+    process_slice,
+)
+
+LENGTH = 23
+SEED = 7
+CHEAP = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+SCHEDULES = {
+    "stepwise": rampup.stepwise(8, {0: 0.25, 3: 0.5, 5: 1.0}),
+    "piecewise": rampup.piecewise({0: 3, 2: 5, 6: 7}),
+    "linear": rampup.linear(2, 2, 30, 8),
+}
+
+
+def tag(x: int) -> dict:
+    """A pytree element, so that collation of dicts is exercised too."""
+    return {"x": np.int64(x), "y": np.full((2,), x, np.float32)}
+
+
+def source() -> grain.MapDataset:
+    return grain.MapDataset.range(LENGTH).shuffle(SEED).map(tag)
+
+
+def xs(batches) -> list[int]:
+    return [int(v) for b in batches for v in np.asarray(b["x"])]
+
+
+def expected_sizes(plan: rampup.Plan, positions: int, drop_remainder: bool) -> list[int]:
+    """Sizes of a finite stream, from the plan: full steps, then the remainder."""
+    sizes, step = [], 0
+    while plan.offset(step) < positions:
+        start, stop = plan.bounds(step)
+        if stop > positions and drop_remainder:
+            break
+        sizes.append(min(stop, positions) - start)
+        step += 1
+    return sizes
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_map_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder):
+    schedule = SCHEDULES[name]
+    ds = RampupMapDataset(source(), schedule, num_epochs=3, drop_remainder=drop_remainder,
+                          process_index=0, process_count=1)
+    batches = [ds[k] for k in range(len(ds))]
+    sizes = expected_sizes(rampup.Plan(schedule), 3 * LENGTH, drop_remainder)
+    assert [len(b["x"]) for b in batches] == sizes
+    stream = [int(source()[p]["x"]) for p in range(3 * LENGTH)]
+    assert xs(batches) == stream[: sum(sizes)]
+    for epoch in range(3):  # grain reshuffles every epoch; each element once per epoch
+        assert sorted(stream[epoch * LENGTH:(epoch + 1) * LENGTH]) == list(range(LENGTH))
+    assert stream[:LENGTH] != stream[LENGTH:2 * LENGTH]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_iter_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder):
+    schedule = SCHEDULES[name]
+    parent = source().repeat(2).to_iter_dataset(CHEAP)
+    ds = RampupIterDataset(parent, schedule, drop_remainder=drop_remainder,
+                           process_index=0, process_count=1)
+    batches = list(ds)
+    sizes = expected_sizes(rampup.Plan(schedule), 2 * LENGTH, drop_remainder)
+    assert [len(b["x"]) for b in batches] == sizes
+    assert xs(batches) == [int(e["x"]) for e in source().repeat(2)][: sum(sizes)]
+
+
+def test_endless_map_dataset_has_grain_endless_length_and_keeps_ramping():
+    ds = RampupMapDataset(source(), SCHEDULES["piecewise"], process_index=0, process_count=1)
+    assert len(ds) == len(source().repeat())
+    plan = rampup.Plan(SCHEDULES["piecewise"])
+    step = 40  # far past the first epoch
+    start, stop = plan.bounds(step)
+    assert xs([ds[step]]) == [int(source()[p]["x"]) for p in range(start, stop)]
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_process_slices_concatenate_to_one_process_batch(count):
+    schedule = rampup.piecewise({0: 4, 3: 8, 5: 12}, multiple_of=4)
+    whole = RampupMapDataset(source(), schedule, num_epochs=2, drop_remainder=True,
+                             process_index=0, process_count=1)
+    parts = [RampupMapDataset(source(), schedule, num_epochs=2, drop_remainder=True,
+                              process_index=i, process_count=count) for i in range(count)]
+    assert all(len(p) == len(whole) for p in parts)
+    for step in range(len(whole)):
+        assert xs([p[step] for p in parts]) == xs([whole[step]])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    length=st.integers(1, 30),
+    epochs=st.integers(1, 3),
+    count=st.sampled_from([1, 2, 4]),
+    sizes=st.dictionaries(st.integers(1, 12), st.integers(1, 5), max_size=3),
+    first=st.integers(1, 5),
+    drop_remainder=st.booleans(),
+)
+def test_any_ramp_over_any_grain_source_gives_each_element_once_per_epoch(
+        length, epochs, count, sizes, first, drop_remainder):
+    schedule = rampup.piecewise({0: first * count, **{k: v * count for k, v in sizes.items()}})
+    parent = grain.MapDataset.range(length).shuffle(SEED)
+    plan = rampup.Plan(schedule)
+    total = epochs * length
+    remainder = total - plan.offset(plan.num_batches(total) - 1)
+    if not drop_remainder and remainder % count:
+        # Processes hold equal slices; a partial last batch that does not split raises.
+        with pytest.raises(ValueError, match="cannot split evenly"):
+            RampupMapDataset(parent, schedule, num_epochs=epochs, process_index=0,
+                             process_count=count)
+        return
+    parts = [RampupMapDataset(parent, schedule, num_epochs=epochs, drop_remainder=drop_remainder,
+                              process_index=i, process_count=count) for i in range(count)]
+    flat = [int(v) for k in range(len(parts[0])) for p in parts for v in p[k]]
+    assert [sum(len(p[k]) for p in parts) for k in range(len(parts[0]))] == expected_sizes(
+        plan, epochs * length, drop_remainder)
+    assert flat == [int(parent[p]) for p in range(len(flat))]
+    for epoch in range(epochs):
+        chunk = flat[epoch * length:(epoch + 1) * length]
+        assert len(set(chunk)) == len(chunk)
+
+
+def test_iter_dataset_pulls_this_process_share():
+    schedule = rampup.piecewise({0: 4, 3: 8})
+    ds = RampupIterDataset(source().to_iter_dataset(CHEAP), schedule, drop_remainder=True,
+                           process_index=1, process_count=2)
+    assert [len(b["x"]) for b in ds] == [2, 2, 2, 4, 4, 4, 4]
+
+
+def test_process_defaults_follow_jax():
+    jax = pytest.importorskip("jax")
+    assert process_slice(None, None) == (jax.process_index(), jax.process_count())
+    ds = RampupMapDataset(source(), SCHEDULES["stepwise"])
+    assert (ds.batches.process_index, ds.batches.process_count) == process_slice(None, None)
+
+
+def test_process_index_without_count_is_an_error():
+    with pytest.raises(ValueError, match="both process_index and process_count"):
+        RampupMapDataset(source(), SCHEDULES["stepwise"], process_index=1)
+
+
+def test_collate_receives_the_list_of_elements():
+    seen = []
+
+    def collate(elements):
+        seen.append(type(elements))
+        return len(elements)
+
+    schedule = rampup.piecewise({0: 2, 1: 3})
+    ds = RampupMapDataset(source(), schedule, num_epochs=1, collate=collate,
+                          process_index=0, process_count=1)
+    it_ds = RampupIterDataset(source().to_iter_dataset(CHEAP), schedule, collate=collate,
+                              process_index=0, process_count=1)
+    assert [ds[0], ds[1]] == [2, 3]
+    assert list(it_ds)[:2] == [2, 3]
+    assert set(seen) == {list}
+
+
+def test_filtered_parent_names_the_fix():
+    parent = grain.MapDataset.range(10).filter(lambda x: x % 2 == 0)
+    ds = RampupMapDataset(parent, rampup.constant(4), process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="RampupIterDataset"):
+        ds[0]
+
+
+def test_wrong_parent_kinds_are_type_errors():
+    with pytest.raises(TypeError, match="RampupMapDataset"):
+        RampupIterDataset(source(), rampup.constant(2), process_index=0, process_count=1)
+    with pytest.raises(TypeError, match="RampupIterDataset"):
+        RampupMapDataset(source().to_iter_dataset(), rampup.constant(2))
+
+
+def test_map_dataset_pickles_to_equal_batches():
+    import pickle
+
+    ds = RampupMapDataset(source(), SCHEDULES["linear"], num_epochs=2,
+                          process_index=0, process_count=1)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert len(copy) == len(ds)
+    assert xs(copy[k] for k in range(len(ds))) == xs(ds[k] for k in range(len(ds)))
+
+
+def test_str_names_the_class_and_schedule():
+    ds = RampupMapDataset(source(), SCHEDULES["piecewise"], process_index=0, process_count=1)
+    it_ds = RampupIterDataset(source().to_iter_dataset(), SCHEDULES["piecewise"],
+                              process_index=0, process_count=1)
+    assert str(ds).startswith("RampupMapDataset(") and "piecewise" in str(ds)
+    assert str(it_ds).startswith("RampupIterDataset(")
+    assert str(iter(it_ds)).startswith("RampupIterDatasetIterator(")
+
+
+# Restore: state through JSON, equal continuation.
+
+
+def map_pipeline(prefetch: bool = False):
+    ds = RampupMapDataset(source(), SCHEDULES["piecewise"], num_epochs=3,
+                          process_index=0, process_count=1).to_iter_dataset(CHEAP)
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3) if (
+        prefetch) else ds
+
+
+def iter_pipeline(prefetch: bool = False):
+    ds = RampupIterDataset(source().repeat(3).to_iter_dataset(CHEAP), SCHEDULES["piecewise"],
+                           process_index=0, process_count=1)
+    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3) if (
+        prefetch) else ds
+
+
+PIPELINES = {"map": map_pipeline, "iter": iter_pipeline}
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_restore_at_random_step_through_json_continues_identically(kind, prefetch, seed):
+    make = PIPELINES[kind]
+    whole = [xs([b]) for b in make(prefetch)]
+    step = int(np.random.default_rng(seed).integers(1, len(whole)))
+    it = iter(make(prefetch))
+    for _ in range(step):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    restored = iter(make(prefetch))
+    restored.set_state(state)
+    assert [xs([b]) for b in restored] == whole[step:]
+
+
+def test_iter_state_is_the_core_stream_state():
+    it = iter(iter_pipeline())
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    plan = rampup.Plan(SCHEDULES["piecewise"])
+    assert {k: state[k] for k in ("step", "position", "schedule")} == {
+        "step": 4, "position": plan.offset(4), "schedule": SCHEDULES["piecewise"].fingerprint}
+    assert "parent" in state
+
+
+def test_restore_under_another_schedule_raises():
+    it = iter(iter_pipeline())
+    next(it)
+    state = it.get_state()
+    other = RampupIterDataset(source().to_iter_dataset(CHEAP), rampup.constant(3),
+                              process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="on_schedule_change"):
+        iter(other).set_state(state)
+
+
+def test_restore_under_another_schedule_continues_from_the_saved_position():
+    it = iter(iter_pipeline())
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    continued = iter(RampupIterDataset(
+        source().repeat(3).to_iter_dataset(CHEAP), rampup.constant(3),
+        process_index=0, process_count=1, on_schedule_change="continue"))
+    continued.set_state(state)
+    stream = [int(e["x"]) for e in source().repeat(3)]
+    start = state["position"]
+    assert [xs([next(continued)]) for _ in range(2)] == [stream[start:start + 3],
+                                                         stream[start + 3:start + 6]]
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+def test_assert_equal_output_after_checkpoint(kind):
+    grain.experimental.assert_equal_output_after_checkpoint(PIPELINES[kind]())
+
+
+@pytest.mark.parametrize("kind", sorted(PIPELINES))
+def test_checkpoint_handler_round_trip(kind, tmp_path):
+    from etils import epath
+
+    make = PIPELINES[kind]
+    whole = [xs([b]) for b in make()]
+    it = iter(make())
+    for _ in range(5):
+        next(it)
+    handler = grain.checkpoint.CheckpointHandler()
+    handler.save(epath.Path(tmp_path), item=it)
+    restored = handler.restore(epath.Path(tmp_path), item=iter(make()))
+    assert [xs([b]) for b in restored] == whole[5:]

@@ -1,0 +1,112 @@
+"""The grain adapter under mp_prefetch: 2 worker processes, bounded in time."""
+
+import contextlib
+import json
+import signal
+
+import numpy as np
+import pytest
+
+grain = pytest.importorskip("grain")
+
+import rampup  # noqa: E402
+from rampup.adapters.grain import RampupIterDataset, RampupMapDataset  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+LENGTH = 40
+CHEAP = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+TWO_WORKERS = grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=2)
+# Boundaries at odd steps, so the workers' round-robin crosses them mid-cycle.
+SCHEDULE = rampup.piecewise({0: 2, 3: 5, 7: 3})
+LIMIT_S = 60
+
+
+def double(x: int) -> np.ndarray:
+    return np.array([x, 2 * x], np.int64)
+
+
+def source() -> grain.MapDataset:
+    return grain.MapDataset.range(LENGTH).shuffle(3).map(double)
+
+
+@pytest.fixture(autouse=True)
+def parsed_absl_flags():
+    # grain's mp_prefetch reads absl flags; with jax installed they must count as parsed.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class Bounded:
+    """Iterates a pipeline under a wall-clock limit, and closes its workers."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __enter__(self):
+        def expire(signum, frame):
+            raise TimeoutError(f"mp_prefetch pipeline ran past {LIMIT_S} s")
+
+        self.previous = signal.signal(signal.SIGALRM, expire)
+        signal.alarm(LIMIT_S)
+        self.it = iter(self.ds)
+        return self.it
+
+    def __exit__(self, *exc):
+        try:
+            with contextlib.suppress(Exception):
+                self.it.close()
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+
+def copies(batches) -> list[list[int]]:
+    """Plain lists: the workers' shared-memory arrays are released right away."""
+    return [np.asarray(b)[:, 0].tolist() for b in batches]
+
+
+def test_map_dataset_under_two_workers_equals_one_process():
+    ds = RampupMapDataset(source(), SCHEDULE, num_epochs=1, process_index=0, process_count=1)
+    single = copies(ds[k] for k in range(len(ds)))
+    with Bounded(ds.to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)) as it:
+        parallel = copies(it)
+    plan = rampup.Plan(SCHEDULE)
+    sizes = [len(b) for b in parallel]
+    assert sizes[:-1] == [plan.size(k) for k in range(len(sizes) - 1)]
+    assert parallel == single
+    assert sorted(v for b in parallel for v in b) == list(range(LENGTH))
+
+
+def test_map_dataset_under_two_workers_restores_through_json():
+    ds = RampupMapDataset(source(), SCHEDULE, num_epochs=2, process_index=0, process_count=1)
+    single = copies(ds[k] for k in range(len(ds)))
+    pipeline = ds.to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)
+    with Bounded(pipeline) as it:
+        for _ in range(5):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))
+    with Bounded(pipeline) as it:
+        it.set_state(state)
+        assert copies(it) == single[5:]
+
+
+def test_iter_dataset_inside_workers_raises_with_the_fix():
+    ds = RampupIterDataset(source().to_iter_dataset(CHEAP), SCHEDULE,
+                           process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="after mp_prefetch.*RampupMapDataset"):
+        with Bounded(ds.mp_prefetch(TWO_WORKERS)) as it:
+            next(it)
+
+
+def test_iter_dataset_after_workers_follows_the_schedule():
+    stream = source().to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)
+    ds = RampupIterDataset(stream, SCHEDULE, process_index=0, process_count=1)
+    with Bounded(ds) as it:
+        batches = copies(it)
+    plan = rampup.Plan(SCHEDULE)
+    sizes = [len(b) for b in batches]
+    assert sizes[:-1] == [plan.size(k) for k in range(len(sizes) - 1)]
+    assert sorted(v for b in batches for v in b) == list(range(LENGTH))
