@@ -1,0 +1,510 @@
+"""Batch-size ramp-up on JAX devices: sharded global batches, prefetched.
+
+`device_batches` turns host-local NumPy batches (this process's slice, as
+`RampupBatches`, the grain adapter or any iterator yields them) into global
+`jax.Array`s sharded on the batch axis, built in a background thread ahead of
+the training loop. `check_schedule` checks a whole schedule against a mesh at
+start-up and `precompile` compiles a step for every batch shape it will see.
+
+Shape policies: exact shapes give one compilation per distinct size
+(`Plan.distinct_sizes`); `microbatch_size=m` yields every global batch as
+`B(k) / m` arrays of shape `(m, ...)`, so the step compiles once.
+
+All schedule arithmetic is the core's: this module converts types.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import math
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rampup.batching import STEP_KEY, as_plan
+from rampup.plan import Plan
+from rampup.schedules import Schedule, check_count, nearest_multiples
+
+__all__ = [
+    "DeviceBatches",
+    "batch_sharding",
+    "check_schedule",
+    "data_axis_size",
+    "device_batches",
+    "precompile",
+    "process_layout",
+]
+
+_POLL_SECONDS = 0.05
+
+
+def batch_sharding(sharding: NamedSharding | Mesh, axis: str | tuple[str, ...] | None = None
+                   ) -> NamedSharding:
+    """The `NamedSharding` that splits the batch axis (axis 0) of every leaf.
+
+    Args:
+      sharding: a `NamedSharding` (returned as it is), or a `Mesh`.
+      axis: with a `Mesh`, the mesh axis (or axes) the batch is split over;
+        may be left out for a mesh with one axis.
+
+    Returns:
+      The sharding of a batch.
+    """
+    if isinstance(sharding, NamedSharding):
+        if axis is not None:
+            raise ValueError(f"axis={axis!r} is only for a Mesh; the NamedSharding "
+                             f"{sharding} already names its axes")
+        return sharding
+    if isinstance(sharding, Mesh):
+        if axis is None:
+            if len(sharding.axis_names) != 1:
+                raise ValueError(
+                    f"the mesh has axes {sharding.axis_names}: pass axis=... to say which one "
+                    "(or which tuple of them) the batch is split over")
+            axis = sharding.axis_names[0]
+        names = (axis,) if isinstance(axis, str) else tuple(axis)
+        unknown = [a for a in names if a not in sharding.axis_names]
+        if unknown:
+            raise ValueError(f"axis {axis!r} is not in the mesh; its axes are "
+                             f"{sharding.axis_names}")
+        return NamedSharding(sharding, PartitionSpec(axis))
+    raise TypeError(f"expected a jax.sharding.NamedSharding or a Mesh plus axis=, got "
+                    f"{type(sharding).__name__}")
+
+
+def _data_axes(sharding: NamedSharding) -> tuple[str, ...]:
+    spec = sharding.spec
+    first = spec[0] if len(spec) else None
+    if first is None:
+        return ()
+    return (first,) if isinstance(first, str) else tuple(first)
+
+
+@functools.lru_cache(maxsize=64)
+def data_axis_size(sharding: NamedSharding) -> int:
+    """How many ways the batch axis is split: the product of its mesh axes' sizes."""
+    return math.prod(sharding.mesh.shape[a] for a in _data_axes(sharding))
+
+
+def _describe(sharding: NamedSharding) -> str:
+    axes = _data_axes(sharding)
+    name = axes[0] if len(axes) == 1 else axes
+    return (f"data axis {name!r} of size {data_axis_size(sharding)} "
+            f"(mesh shape {dict(sharding.mesh.shape)})")
+
+
+def _nearest(size: int, multiple: int) -> str:
+    return ", ".join(map(str, nearest_multiples(size, multiple)))
+
+
+def _check_size(size: int, step: int | str, sharding: NamedSharding,
+                microbatch_size: int | None) -> None:
+    where = f"step {step}" if isinstance(step, int) else step
+    ways = data_axis_size(sharding)
+    if microbatch_size is not None:
+        if size % microbatch_size:
+            raise ValueError(
+                f"global batch size {size} at {where} is not divisible by microbatch_size="
+                f"{microbatch_size}; nearest valid sizes: {_nearest(size, microbatch_size)} "
+                f"(build the schedule with multiple_of={microbatch_size})")
+        return
+    if size % ways:
+        raise ValueError(
+            f"global batch size {size} at {where} is not divisible by the {_describe(sharding)}; "
+            f"nearest valid sizes: {_nearest(size, ways)} (build the schedule with "
+            f"multiple_of={ways} to catch this when it is built)")
+
+
+def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding) -> int | None:
+    if microbatch_size is None:
+        return None
+    microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
+    ways = data_axis_size(sharding)
+    if microbatch_size % ways:
+        raise ValueError(
+            f"microbatch_size={microbatch_size} is not divisible by the {_describe(sharding)}; "
+            f"valid micro-batch sizes are multiples of {ways}: "
+            f"{_nearest(microbatch_size, ways)}")
+    return microbatch_size
+
+
+def check_schedule(
+    plan: Plan | Schedule,
+    sharding: NamedSharding | Mesh,
+    axis: str | tuple[str, ...] | None = None,
+    *,
+    until_step: int | None = None,
+    microbatch_size: int | None = None,
+) -> tuple[int, ...]:
+    """Checks every size of a schedule against the mesh, at start-up.
+
+    Args:
+      plan: the schedule or its `Plan`.
+      sharding: the batch `NamedSharding`, or a `Mesh` plus `axis`.
+      axis: the mesh axis of the batch, with a `Mesh`.
+      until_step: check steps `[0, until_step)`; None checks every segment
+        (a `from_fn` schedule needs it).
+      microbatch_size: the micro-batch size, in micro-batch mode.
+
+    Returns:
+      The batch sizes a jitted step sees over those steps: the distinct sizes,
+      or `(microbatch_size,)` in micro-batch mode.
+
+    Raises:
+      ValueError: naming the first segment whose size the data axis (or the
+        micro-batch size) does not divide, the mesh shape and the nearest valid sizes.
+    """
+    plan = as_plan(plan)
+    sharding = batch_sharding(sharding, axis)
+    microbatch_size = _check_microbatch_size(microbatch_size, sharding)
+    for segment in plan.segments(until_step):
+        last = "on" if segment.last_step is None else f"to {segment.last_step}"
+        _check_size(segment.size, f"steps {segment.first_step} {last}", sharding,
+                    microbatch_size)
+    if microbatch_size is not None:
+        return (microbatch_size,)
+    return plan.distinct_sizes(until_step)
+
+
+class _Layout(NamedTuple):
+    """Where this process's rows sit on the batch axis, as the sharding places them."""
+
+    process_index: int
+    process_count: int
+
+
+def process_layout(sharding: NamedSharding) -> tuple[int, int]:
+    """This process's `(process_index, process_count)` along the batch axis of `sharding`.
+
+    Build the host-local batches with these (`RampupBatches(..., process_index=...,
+    process_count=...)`): process `i` of `n` holds rows `[i * B / n, (i + 1) * B / n)`.
+    """
+    ways = data_axis_size(sharding)
+    # A probe shape that every axis of the spec splits evenly: one row per batch shard.
+    mesh = sharding.mesh.shape
+    probe = tuple(math.prod(mesh[a] for a in ((e,) if isinstance(e, str) else e or ()))
+                  for e in sharding.spec) or (1,)
+    index_map = sharding.addressable_devices_indices_map(probe)
+    starts = sorted({index[0].start or 0 for index in index_map.values()})
+    local = len(starts)
+    return _Layout(starts[0] // local, ways // local)
+
+
+def _source_layout(iterator: Any) -> tuple[int, int] | None:
+    owner = getattr(iterator, "batches", iterator)
+    index = getattr(owner, "process_index", None)
+    count = getattr(owner, "process_count", None)
+    if isinstance(index, int) and isinstance(count, int):
+        return index, count
+    return None
+
+
+class _Converter:
+    """Turns one host-local batch into global arrays, after checking its size."""
+
+    def __init__(self, sharding: NamedSharding, microbatch_size: int | None) -> None:
+        self.sharding = sharding
+        self.microbatch_size = microbatch_size
+        self.layout = process_layout(sharding)
+        self.single_process = jax.process_count() == 1
+
+    def place(self, batch: Any) -> Any:
+        """The global arrays of this process's share `batch`."""
+        if self.single_process:  # what make_array_from_process_local_data does, minus its checks
+            return jax.device_put(batch, self.sharding)
+        return jax.make_array_from_process_local_data(self.sharding, batch)
+
+    def __call__(self, step: int, batch: Any) -> Any:
+        leaves = jax.tree_util.tree_leaves(batch)
+        if not leaves:
+            raise ValueError(f"the batch at step {step} has no arrays: {batch!r}")
+        rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+        if len(rows) != 1 or None in rows:
+            raise ValueError(
+                f"the leaves of the batch at step {step} do not share a leading batch axis: "
+                f"shapes {[np.shape(leaf) for leaf in leaves]}")
+        # The local rows are one process's equal share of the global batch (Plan.local_bounds).
+        size = rows.pop() * self.layout.process_count
+        _check_size(size, step, self.sharding, self.microbatch_size)
+        if self.microbatch_size is None:
+            return self.place(batch)
+        count = size // self.microbatch_size
+        flat, treedef = jax.tree_util.tree_flatten(batch)
+        splits = [np.split(np.asarray(leaf), count) for leaf in flat]
+        return [self.place(treedef.unflatten([s[j] for s in splits])) for j in range(count)]
+
+
+class _Item(NamedTuple):
+    step: int
+    arrays: Any
+    next_step: int
+    state: Any
+
+
+class _Failure(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+_LIVE: weakref.WeakSet[DeviceBatches] = weakref.WeakSet()
+
+
+def _produce(source: Iterator[Any], convert: _Converter, slots: threading.Semaphore,
+             out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int) -> None:
+    """The producer thread. It pulls from the source only once a slot is free, so it
+    never runs more than `prefetch` steps ahead of the consumer."""
+    try:
+        while True:
+            while not slots.acquire(timeout=_POLL_SECONDS):
+                if stop.is_set():
+                    return
+            if stop.is_set():
+                return
+            item = _next_item(source, convert, with_state, step)
+            out.put(item)
+            if item is _END:
+                return
+            step = item.next_step
+    except BaseException as error:  # re-raised in the consumer
+        out.put(_Failure(error))
+
+
+def _step_of(source: Iterator[Any], fallback: int) -> int:
+    step = getattr(source, "step", None)
+    return step if isinstance(step, int) else fallback
+
+
+def _next_item(source: Iterator[Any], convert: _Converter, with_state: bool, step: int) -> Any:
+    """Pulls, checks and transfers the batch of `step` (the source's own `step` wins)."""
+    step = _step_of(source, step)
+    try:
+        batch = next(source)
+    except StopIteration:
+        return _END
+    arrays = convert(step, batch)
+    return _Item(step, arrays, _step_of(source, step + 1),
+                 source.get_state() if with_state else None)
+
+
+class DeviceBatches(Iterator[Any]):
+    """Global sharded batches, built ahead in a background thread; see `device_batches`.
+
+    `get_state()` gives the state of the next step to be consumed (not of the
+    producer's run-ahead position), so a checkpoint taken between steps resumes
+    exactly. Use it as a context manager, or call `close()`, to stop the thread.
+    """
+
+    def __init__(self, batches: Iterable[Any], sharding: NamedSharding, *, prefetch: int,
+                 microbatch_size: int | None) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.source = iter(batches)
+        self.sharding = sharding
+        self.prefetch = check_count(prefetch, "prefetch")
+        self.microbatch_size = _check_microbatch_size(microbatch_size, sharding)
+        self._convert = _Converter(sharding, self.microbatch_size)
+        layout = _source_layout(self.source)
+        if layout is not None and tuple(layout) != tuple(self._convert.layout):
+            raise ValueError(
+                f"the batches are built for process_index={layout[0]}, process_count="
+                f"{layout[1]}, but the sharding places this process's rows at process_index="
+                f"{self._convert.layout.process_index}, process_count="
+                f"{self._convert.layout.process_count}; build them with those values "
+                "(rampup.adapters.jax.process_layout(sharding) gives them)")
+        self._with_state = callable(getattr(self.source, "get_state", None))
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._slots = threading.Semaphore(self.prefetch)
+        self._closed = False
+        self._done = False
+        self._step = _step_of(self.source, 0)
+        self._state = self.source.get_state() if self._with_state else None
+        _LIVE.add(self)
+
+    @property
+    def step(self) -> int:
+        """The step the next batch belongs to."""
+        return self._step
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._queue = queue.SimpleQueue()
+        self._slots = threading.Semaphore(self.prefetch)
+        self._thread = threading.Thread(
+            target=_produce, name="rampup-device-batches", daemon=True,
+            args=(self.source, self._convert, self._slots, self._queue, self._stop,
+                  self._with_state, self._step))
+        self._thread.start()
+
+    def _take(self) -> Any:
+        while True:
+            try:
+                return self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self._thread is not None and not self._thread.is_alive() and (
+                        self._queue.empty()):
+                    raise RuntimeError("the device_batches producer thread stopped without "
+                                       "a result") from None
+
+    def __next__(self) -> Any:
+        if self._closed or self._done:
+            raise StopIteration
+        if self.prefetch == 0:
+            item = _next_item(self.source, self._convert, self._with_state, self._step)
+        else:
+            if self._thread is None:
+                self._start()
+            item = self._take()
+            if isinstance(item, _Item):
+                self._slots.release()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._done = True
+            self._stop_thread()
+            raise item.error
+        self._step, self._state = item.next_step, item.state
+        return item.arrays
+
+    def __iter__(self) -> DeviceBatches:
+        return self
+
+    def get_state(self) -> Any:
+        """The source's state at the next step to be consumed; JSON-able if the source's is."""
+        if not self._with_state:
+            raise TypeError(f"the batch source ({type(self.source).__name__}) has no "
+                            "get_state(): pass a RampupBatches, a grain iterator or another "
+                            "iterator with get_state()/set_state()")
+        return self._state
+
+    def set_state(self, state: Any) -> None:
+        """Drops the batches built ahead and continues the source from `state`."""
+        set_state = getattr(self.source, "set_state", None)
+        if set_state is None:
+            raise TypeError(f"the batch source ({type(self.source).__name__}) has no "
+                            "set_state()")
+        self._stop_thread()
+        set_state(state)
+        self._done = False
+        saved = state.get(STEP_KEY) if isinstance(state, dict) else None
+        self._step = _step_of(self.source, saved if isinstance(saved, int) else 0)
+        self._state = self.source.get_state() if self._with_state else state
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(timeout=10)
+
+    def close(self) -> None:
+        """Stops the producer thread and drops the batches built ahead."""
+        self._closed = True
+        self._stop_thread()
+
+    def __enter__(self) -> DeviceBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    def __repr__(self) -> str:
+        return (f"DeviceBatches(step={self._step}, prefetch={self.prefetch}, "
+                f"microbatch_size={self.microbatch_size}, {_describe(self.sharding)})")
+
+
+@atexit.register
+def _close_all() -> None:
+    # A producer still inside an XLA call while the interpreter tears down can abort it.
+    for batches in list(_LIVE):
+        batches.close()
+
+
+def device_batches(
+    batches: Iterable[Any],
+    sharding: NamedSharding | Mesh,
+    *,
+    prefetch: int = 2,
+    microbatch_size: int | None = None,
+    axis: str | tuple[str, ...] | None = None,
+) -> DeviceBatches:
+    """Global `jax.Array` batches, sharded on the batch axis and transferred ahead.
+
+    Args:
+      batches: host-local NumPy batch pytrees, this process's slice of each
+        global batch: a `RampupBatches`, its iterator, a grain iterator, any iterable.
+      sharding: a `NamedSharding` whose spec splits axis 0, or a `Mesh` plus `axis`.
+      prefetch: how many steps the background thread builds ahead; 0 builds
+        each batch when it is asked for, without a thread.
+      microbatch_size: yield each global batch as a list of `B(k) / m` global
+        arrays of shape `(m, ...)`, in batch order on one process (with several,
+        micro-batch `j` holds each process's `j`-th share: every sample once).
+      axis: the mesh axis of the batch, when `sharding` is a `Mesh`.
+
+    Returns:
+      A `DeviceBatches` iterator; `get_state()`/`set_state()` pass through
+      to the source.
+
+    Raises:
+      ValueError: before any transfer, when the data axis (or the micro-batch
+        size) does not divide a step's global size.
+    """
+    return DeviceBatches(batches, batch_sharding(sharding, axis), prefetch=prefetch,
+                         microbatch_size=microbatch_size)
+
+
+def _abstract(example: Any, size: int, sharding: NamedSharding) -> Any:
+    def leaf(x: Any) -> jax.ShapeDtypeStruct:
+        shape = np.shape(x)
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        return jax.ShapeDtypeStruct((size, *shape[1:]), dtype, sharding=sharding)
+
+    return jax.tree_util.tree_map(leaf, example)
+
+
+def precompile(
+    fn: Callable[..., Any],
+    plan: Plan | Schedule,
+    example: Any,
+    sharding: NamedSharding | Mesh,
+    *,
+    until_step: int | None = None,
+    microbatch_size: int | None = None,
+    args: tuple[Any, ...] = (),
+    axis: str | tuple[str, ...] | None = None,
+) -> dict[int, jax.stages.Compiled]:
+    """Compiles `fn(*args, batch)` ahead of time for every batch shape the schedule gives.
+
+    Pass the jitted function the training loop calls: its later calls reuse
+    these compilations.
+
+    Args:
+      fn: a function of `(*args, batch)`, jitted or not.
+      plan: the schedule or its `Plan`.
+      example: one batch (host-local is fine): its leaves give the trailing
+        shapes and dtypes; the leading axis is replaced by each size.
+      sharding: the batch `NamedSharding`, or a `Mesh` plus `axis`.
+      until_step: compile for steps `[0, until_step)`; None for every segment.
+      microbatch_size: compile the one micro-batch shape `(m, ...)` instead.
+      args: the arguments before the batch (arrays or `jax.ShapeDtypeStruct`s).
+      axis: the mesh axis of the batch, with a `Mesh`.
+
+    Returns:
+      `{size: compiled}`; its length is the number of compilations.
+    """
+    sharding = batch_sharding(sharding, axis)
+    sizes = check_schedule(plan, sharding, until_step=until_step,
+                           microbatch_size=microbatch_size)
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
+    return {size: jitted.lower(*args, _abstract(example, size, sharding)).compile()
+            for size in sizes}
