@@ -1,0 +1,245 @@
+"""PyTorch: batch-size ramp-up as an `IterableDataset`, exact with any number of workers.
+
+    loader = DataLoader(RampupIterableDataset(source, schedule), batch_size=None, num_workers=W)
+
+A map-style source is read by random access: an iteration that starts at step
+`s` has DataLoader worker `w` of `W` build the steps `k >= s` with
+`(k - s) % W == w`, and the DataLoader's round-robin, which starts at worker 0,
+puts them back in order, so every `W` yields the `W = 0` sequence. The core
+(`rampup.RampupBatches`) does every index, size and shard computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from rampup.batching import (
+    BatchIterator,
+    RampupBatches,
+    StreamBatcher,
+    as_plan,
+    make_state,
+    read_state,
+)
+from rampup.plan import Plan
+from rampup.schedules import Schedule, check_count
+
+__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors"]
+
+
+def as_tensors(batch: Any) -> Any:
+    """NumPy arrays in a pytree become tensors that share their memory (`torch.from_numpy`).
+
+    Dicts, lists, tuples and namedtuples keep their type and structure; arrays of
+    a dtype torch has no tensor for (strings, objects) and other leaves stay as
+    they are.
+
+    Args:
+      batch: a pytree of NumPy arrays, as the default collate builds it.
+
+    Returns:
+      The same pytree with `torch.Tensor` leaves.
+    """
+    if isinstance(batch, np.ndarray):
+        try:
+            return torch.from_numpy(batch)
+        except TypeError:  # a dtype without a tensor type, e.g. strings
+            return batch
+    if isinstance(batch, Mapping):
+        converted = {k: as_tensors(v) for k, v in batch.items()}
+        return converted if type(batch) is dict else type(batch)(converted)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(as_tensors(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(as_tensors(v) for v in batch)
+    return batch
+
+
+def _is_map_style(source: Any) -> bool:
+    # torch's IterableDataset inherits a __getitem__ that only raises.
+    if isinstance(source, IterableDataset):
+        return False
+    return hasattr(source, "__len__") and hasattr(source, "__getitem__")
+
+
+def _distributed_default(value: int | None, query: Callable[[], int], fallback: int) -> int:
+    if value is not None:
+        return value
+    if dist.is_available() and dist.is_initialized():
+        return query()
+    return fallback
+
+
+class RampupIterator(Iterator[Any]):
+    """The batches one DataLoader worker (or the main process) yields.
+
+    `state_dict()` is the core's state of this worker's next step
+    (`{"version", "step", "position", "schedule"}`), and `load_state_dict()`
+    continues from it with the worker's stride kept: this is what torchdata's
+    `StatefulDataLoader` saves and restores per worker.
+    """
+
+    def __init__(self, batches: BatchIterator | StreamBatcher, convert: bool) -> None:
+        self.batches = batches
+        self.convert = convert
+
+    def __next__(self) -> Any:
+        batch = next(self.batches)
+        return as_tensors(batch) if self.convert else batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of the next batch this iterator builds; JSON-serializable."""
+        return self.batches.get_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continues from a state written by `state_dict()`."""
+        self.batches.set_state(state_dict)
+
+
+class RampupIterableDataset(IterableDataset):
+    """Batches of a growing size for `DataLoader(ds, batch_size=None, num_workers=W)`.
+
+    Each item is one global batch's slice for this rank, as tensors. Any `W`
+    yields exactly the `W = 0` sequence for a map-style source; an
+    iterable-only source needs `W <= 1`.
+
+    Args:
+      source: a map-style source (`__len__` and `__getitem__`: a torch map-style
+        `Dataset`, a NumPy array, a list, a grain `MapDataset`), read by random
+        access; or any other iterable, batched as a stream (`num_workers <= 1`,
+        already sharded per rank, no shuffle, no seeking).
+      schedule: a `rampup.Schedule` or `rampup.Plan`.
+      shuffle: shuffle the source anew in every epoch (map-style only).
+      seed: the shuffle seed; every rank and worker must use the same one.
+      num_epochs: end after this many passes over a map-style source; None is endless.
+      drop_remainder: leave out a last partial batch.
+      collate: turns a list of elements into a batch. Its output is yielded as
+        it is; the default stacks NumPy pytrees and yields tensors.
+      rank: this process's index; default `torch.distributed.get_rank()` when
+        the process group is initialized, else 0.
+      world_size: how many processes split every global batch; default
+        `torch.distributed.get_world_size()` when initialized, else 1.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        schedule: Schedule | Plan,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        num_epochs: int | None = None,
+        drop_remainder: bool = False,
+        collate: Callable[[list[Any]], Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.rank = _distributed_default(rank, dist.get_rank, 0)
+        self.world_size = _distributed_default(world_size, dist.get_world_size, 1)
+        self.collate = collate
+        self.drop_remainder = bool(drop_remainder)
+        self._step = 0
+        self._position: int | None = None
+        if _is_map_style(source):
+            self.source = None
+            self.batches: RampupBatches | None = RampupBatches(
+                source, schedule, shuffle_seed=seed if shuffle else None, num_epochs=num_epochs,
+                drop_remainder=drop_remainder, collate=collate, process_index=self.rank,
+                process_count=self.world_size)
+            self.plan = self.batches.plan
+            return
+        for name, value in (("shuffle", shuffle), ("num_epochs", num_epochs)):
+            if value:
+                raise ValueError(
+                    f"{name}={value!r} needs a map-style source (with __len__ and __getitem__), "
+                    f"but the source ({type(source).__name__}) can only be iterated: shuffle and "
+                    "bound the stream itself, or pass a map-style source")
+        self.source = source
+        self.batches = None
+        self.plan = as_plan(schedule)
+        self.plan.local_bounds(0, self.rank, self.world_size)  # validates rank and world size
+
+    @property
+    def step(self) -> int:
+        """The step the next iteration starts at."""
+        return self._step
+
+    def set_step(self, step: int) -> None:
+        """Makes the next iteration start at global batch `step` (the training loop's step).
+
+        Raises:
+          TypeError: the source can only be iterated, and a stream cannot seek.
+        """
+        step = check_count(step, "step")
+        if self.batches is None and step:
+            self._refuse_seek(step)
+        self._step, self._position = step, None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The core state of the step the next iteration starts at; JSON-serializable.
+
+        The progress of a running iteration lives in its `RampupIterator`s, one
+        per worker, which torchdata's `StatefulDataLoader` saves.
+        """
+        if self.batches is None:
+            return make_state(self.plan, self._step, self.plan.offset(self._step))
+        return self.batches.iter_from(self._step, position=self._position).get_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Makes the next iteration start where `state_dict` (from `state_dict()`) says.
+
+        Raises:
+          ValueError: the state is not a rampup state, or was written under another schedule.
+        """
+        policy = "raise" if self.batches is None else self.batches.on_schedule_change
+        step, position = read_state(state_dict, self.plan, policy)
+        if self.batches is None and step:
+            self._refuse_seek(step)
+        self._step, self._position = step, position
+
+    def _refuse_seek(self, step: int) -> None:
+        raise TypeError(
+            f"cannot start at step {step}: the source ({type(self.source).__name__}) can only be "
+            "iterated, and a stream cannot seek. Pass a map-style source (with __len__ and "
+            "__getitem__), which starts at any step in O(1), or resume the running iterator "
+            "from its own state_dict() under torchdata's StatefulDataLoader")
+
+    def __iter__(self) -> RampupIterator:
+        info = get_worker_info()
+        worker_index, worker_count = (0, 1) if info is None else (info.id, info.num_workers)
+        convert = self.collate is None
+        if self.batches is not None:
+            return RampupIterator(self.batches.iter_from(
+                self._step, position=self._position, worker_index=worker_index,
+                worker_count=worker_count), convert)
+        if worker_count > 1:
+            raise ValueError(
+                f"RampupIterableDataset over an iterable-only source ({type(self.source).__name__})"
+                f" cannot run in {worker_count} DataLoader workers: each worker would iterate its "
+                "own copy of the stream, so every sample would appear once per worker and the "
+                "schedule would be stretched. Use num_workers=0 or 1, or pass a map-style source "
+                "(with __len__ and __getitem__), whose batches any number of workers build by "
+                "random access")
+        stream = StreamBatcher(iter(self.source), self.plan, drop_remainder=self.drop_remainder,
+                               collate=self.collate, process_index=self.rank,
+                               process_count=self.world_size)
+        return RampupIterator(stream, convert)
+
+    def __len__(self) -> int:
+        """How many batches an iteration from the current start step yields (finite only)."""
+        if self.batches is None:
+            raise TypeError("a RampupIterableDataset over an iterable-only source has no len()")
+        return max(0, len(self.batches) - self._step)
+
+    def __repr__(self) -> str:
+        kind = repr(self.batches) if self.batches is not None else (
+            f"stream of {type(self.source).__name__}")
+        return (f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
+                f"start step {self._step})")

@@ -1,0 +1,110 @@
+"""PyTorch adapter: DataLoader workers 2 vs 0, and the ramp-up vs `DataLoader(batch_size=n)`.
+
+Run: python benchmarks/bench_torch.py [--quick] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from rampup import constant, piecewise
+from rampup.adapters.torch import RampupIterableDataset
+from rampup.benchmarks.harness import at_least, at_most, main, ratio
+
+
+class HeavyItems(Dataset):
+    """Items that cost about a millisecond of single-threaded NumPy each."""
+
+    def __len__(self) -> int:
+        return 100_000
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        x = np.full(2048, float(i))
+        for _ in range(12):
+            x = np.sin(x) + np.cos(x)
+        return x.astype(np.float32)
+
+
+class CheapItems(Dataset):
+    """Rows of an array, one `__getitem__` per element as a torch map-style dataset reads."""
+
+    def __init__(self, rows: int, width: int) -> None:
+        self.data = np.random.default_rng(0).random((rows, width), dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.data[i]
+
+
+def steady_seconds(num_workers: int, batches: int, rampup: bool = True) -> float:
+    """Time for `batches` batches once every worker has delivered its first one.
+
+    `rampup=False` times torch's own `DataLoader(batch_size=32)` over the same
+    items: the machine's scaling with workers, for reference.
+    """
+    if rampup:
+        loader = DataLoader(RampupIterableDataset(HeavyItems(), piecewise({0: 16, 4: 32})),
+                            batch_size=None, num_workers=num_workers,
+                            prefetch_factor=4 if num_workers else None)
+    else:
+        loader = DataLoader(HeavyItems(), batch_size=32, num_workers=num_workers,
+                            prefetch_factor=4 if num_workers else None)
+    it = iter(loader)
+    for _ in range(max(num_workers, 1)):  # worker start-up is not throughput
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - start
+    del it
+    return seconds
+
+
+def workers_two_vs_zero(quick: bool) -> dict[str, Any]:
+    """Throughput with 2 DataLoader workers / with 0, CPU-heavy items, runs interleaved."""
+    batches, repeats = (12, 3) if quick else (40, 5)
+    ours, reference = [], []
+    for i in range(repeats):
+        for rampup, ratios in ((True, ours), (False, reference)):
+            order = (0, 2) if i % 2 else (2, 0)
+            t = {w: steady_seconds(w, batches, rampup) for w in order}
+            ratios.append(t[0] / t[2])
+    return at_least("throughput, 2 DataLoader workers / 0, CPU-heavy items",
+                    statistics.median(ours), 1.6,
+                    torch_batch_size_32_same_items=round(statistics.median(reference), 3))
+
+
+def constant_vs_batch_size(quick: bool) -> dict[str, Any]:
+    """A ramp-up at a constant schedule vs `DataLoader(dataset, batch_size=n)`, 0 workers."""
+    source, n = CheapItems(4096 if quick else 16384, 64), 64
+
+    def ours():
+        for _ in DataLoader(RampupIterableDataset(source, constant(n), num_epochs=1),
+                            batch_size=None):
+            pass
+
+    def torch_batch():
+        for _ in DataLoader(source, batch_size=n):
+            pass
+
+    return at_most("time, ramp-up at constant(64) / DataLoader(batch_size=64), same dataset",
+                   ratio(ours, torch_batch, 5 if quick else 11), 1.10)
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """All PyTorch adapter benchmarks."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create")
+        return [workers_two_vs_zero(quick), constant_vs_batch_size(quick)]
+
+
+if __name__ == "__main__":
+    main(run)
