@@ -1,0 +1,307 @@
+"""tf.data: rampup batches as a `tf.data.Dataset`, and a native graph-mode ramp-up.
+
+Two paths:
+
+- `to_tf_dataset(batches)` wraps any rampup batch source (`RampupBatches`,
+  `StreamBatcher`, the grain adapter's datasets, any iterable of NumPy batch
+  pytrees) with `tf.data.Dataset.from_generator`. Any schedule, any source;
+  batches are built in Python.
+- `rampup_batch(ds, schedule)` batches a `tf.data.Dataset` of single samples
+  inside tf.data: no Python per element, and the iterator checkpoints with
+  `tf.train.Checkpoint(iterator=...)`. Segmented schedules only.
+
+How `rampup_batch` works: the plan's segments become constants once. The
+samples are cut into chunks of `gcd(all sizes)` (a plain `batch`), every chunk
+is keyed by the segment that holds it (a lookup in the segments' first
+chunks), and `group_by_window` collects the chunks of one step (a window of
+`size / chunk` chunks, looked up per segment) and `rebatch`es them into the
+step's batch. All offsets are multiples of the chunk, so a chunk never
+straddles two steps, and a segment holds whole windows only, so windows close
+in stream order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from rampup.batching import RampupBatches, as_plan
+from rampup.collate import spec
+from rampup.plan import Plan
+from rampup.schedules import Schedule, check_count
+
+__all__ = ["rampup_batch", "to_tf_dataset"]
+
+
+# --- to_tf_dataset -----------------------------------------------------------------------------
+
+
+def _as_nest(batch: Any) -> Any:
+    """The batch with lists as tuples: tf.data's nest takes a list for one tensor."""
+    if isinstance(batch, Mapping):
+        return {k: _as_nest(v) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_as_nest(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return tuple(_as_nest(v) for v in batch)
+    return np.asarray(batch)
+
+
+def _tf_dtype(array: np.ndarray) -> tf.DType:
+    if array.dtype.kind in "USO":
+        return tf.string
+    return tf.as_dtype(array.dtype)
+
+
+def _leaf_spec(array: np.ndarray) -> tf.TensorSpec:
+    if array.ndim == 0:
+        raise ValueError(
+            f"a batch leaf is a scalar ({array.dtype}); every leaf of a batch needs a leading "
+            "batch axis, as the default collate makes"
+        )
+    return tf.TensorSpec((None, *array.shape[1:]), _tf_dtype(array))
+
+
+def _paths(batch: Any, prefix: str = "") -> Any:
+    """The batch's structure with each leaf's path (as `["key"][0]`) in its place."""
+    if isinstance(batch, Mapping):
+        return {k: _paths(v, f"{prefix}[{k!r}]") for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        parts = [_paths(v, f"{prefix}[{i}]") for i, v in enumerate(batch)]
+        return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)
+    return prefix
+
+
+def _check_signature(signature: Any, batch: Any, step: int) -> None:
+    """Raises ValueError where `signature` does not describe `batch`, the batch at `step`."""
+    inferred = tf.nest.map_structure(_leaf_spec, batch)
+    try:
+        tf.nest.assert_same_structure(signature, batch, check_types=False)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"output_signature does not match the structure of the batch at step {step}: the "
+            f"signature is {signature!r}, the batch is {spec(batch)}. Leave output_signature=None "
+            f"to infer {inferred!r}"
+        ) from e
+    flat = zip(tf.nest.flatten(_paths(batch)), tf.nest.flatten(signature), tf.nest.flatten(batch),
+               strict=True)
+    for path, want, leaf in flat:
+        ok = (
+            isinstance(want, tf.TensorSpec)
+            and want.dtype == _tf_dtype(leaf)
+            and want.shape.is_compatible_with(leaf.shape)
+        )
+        if not ok:
+            where = path or "the batch itself"
+            raise ValueError(
+                f"output_signature does not match the batch at step {step} at {where}: the "
+                f"signature gives {want!r}, the batch has {leaf.dtype}{list(leaf.shape)}. Valid "
+                f"here: {_leaf_spec(leaf)!r} (batch dimension None); leave output_signature=None "
+                "to infer the whole signature"
+            )
+
+
+def _iterators(batches: Any, start_step: int) -> Callable[[], Iterator[Any]]:
+    """A factory of iterators over `batches` that start at `start_step`."""
+    source = getattr(batches, "batches", batches)  # the grain adapter keeps its RampupBatches
+    if isinstance(source, RampupBatches) or hasattr(source, "iter_from"):
+        return lambda: source.iter_from(start_step)
+    if start_step:
+        raise ValueError(
+            f"start_step={start_step}: a {type(batches).__name__} cannot seek to a step (it has "
+            "no iter_from). Restore its state with set_state() and pass start_step=0, or batch a "
+            "random-access source with RampupBatches, which starts at any step"
+        )
+    if not isinstance(batches, Iterable):
+        raise TypeError(
+            f"to_tf_dataset needs a rampup batch source (RampupBatches, StreamBatcher, an "
+            f"iterable of NumPy batches), got {type(batches).__name__}"
+        )
+    return lambda: iter(batches)
+
+
+def to_tf_dataset(
+    batches: Any,
+    *,
+    output_signature: Any = None,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` over a rampup batch source, from a generator.
+
+    The first batch is built at once to infer (or check) the signature; it is
+    handed to the first iteration, not built twice. A `RampupBatches` source
+    restarts at `start_step` on every iteration of the dataset; a stream (a
+    `StreamBatcher`, any iterator) goes on where it stopped.
+
+    Args:
+      batches: a `RampupBatches`, a `StreamBatcher`, a grain adapter dataset, or
+        any iterable of NumPy batch pytrees (dicts, tuples, lists, namedtuples;
+        lists come out as tuples).
+      output_signature: the `tf.TensorSpec` pytree of one batch; None infers it
+        from the first batch, with `None` as the batch dimension.
+      start_step: the first step; a training job resumes from its step.
+
+    Returns:
+      The dataset; its `element_spec` has `None` as the batch dimension unless
+      `output_signature` says otherwise.
+
+    Raises:
+      ValueError: `output_signature` does not match the first batch; the source
+        is empty and no signature is given; `start_step` on a source that
+        cannot seek.
+    """
+    start_step = check_count(start_step, "start_step")
+    make = _iterators(batches, start_step)
+    first_iterator = make()
+    try:
+        first = _as_nest(next(first_iterator))
+    except StopIteration:
+        if output_signature is None:
+            raise ValueError(
+                f"the batch source has no batch at step {start_step}, so no signature can be "
+                "inferred; pass output_signature=..."
+            ) from None
+        return tf.data.Dataset.from_generator(lambda: iter(()), output_signature=output_signature)
+    if output_signature is None:
+        output_signature = tf.nest.map_structure(_leaf_spec, first)
+    else:
+        _check_signature(output_signature, first, start_step)
+    handoff = [(first, first_iterator)]
+
+    def generate() -> Iterator[Any]:
+        try:
+            batch, rest = handoff.pop()
+        except IndexError:
+            rest = make()
+        else:
+            yield batch
+        for batch in rest:
+            yield _as_nest(batch)
+
+    return tf.data.Dataset.from_generator(generate, output_signature=output_signature)
+
+
+# --- rampup_batch --------------------------------------------------------------------------------
+
+
+def _segmented_plan(schedule: Schedule | Plan) -> Plan:
+    plan = as_plan(schedule)
+    if not plan.schedule.segmented:
+        raise ValueError(
+            f"rampup_batch builds the ramp inside tf.data from the schedule's segments, and "
+            f"{plan.schedule} has none. Use a constant, stepwise, piecewise or linear schedule, "
+            "or batch in Python with to_tf_dataset(RampupBatches(source, schedule)) or "
+            "to_tf_dataset(StreamBatcher(ds.as_numpy_iterator(), schedule)), which take any "
+            "schedule"
+        )
+    return plan
+
+
+def _replica_split(
+    plan: Plan, input_context: tf.distribute.InputContext | None
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """Per segment: this pipeline's rows `[lo, hi)` of a step's batch, and one replica's size.
+
+    The slices come from `Plan.local_bounds` at each segment's first step; the
+    size is constant over a segment, so are they.
+    """
+    segments = plan.segments()
+    if input_context is None:
+        return [(0, s.size) for s in segments], [s.size for s in segments]
+    pipelines = input_context.num_input_pipelines
+    replicas = input_context.num_replicas_in_sync
+    if replicas % pipelines:
+        raise ValueError(
+            f"num_replicas_in_sync={replicas} is not a multiple of num_input_pipelines="
+            f"{pipelines}; every input pipeline must feed the same number of replicas"
+        )
+    rows, replica_sizes = [], []
+    for s in segments:
+        lo, hi = plan.local_bounds(s.first_step, input_context.input_pipeline_id, pipelines)
+        rows.append((lo - s.offset, hi - s.offset))
+        lo, hi = plan.local_bounds(s.first_step, 0, replicas)
+        replica_sizes.append(hi - lo)
+    return rows, replica_sizes
+
+
+def rampup_batch(
+    ds: tf.data.Dataset,
+    schedule: Schedule | Plan,
+    *,
+    drop_remainder: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """Batches a dataset of single samples by a segmented schedule, inside tf.data.
+
+    Batch `k` holds samples `[O(k), O(k) + B(k))` of `ds`, across epoch borders
+    when `ds` repeats, exactly as `RampupBatches` builds them. The iterator
+    checkpoints with `tf.train.Checkpoint(iterator=it)`.
+
+    Args:
+      ds: a dataset of unbatched samples (repeat it for several epochs).
+      schedule: a segmented `Schedule` (constant, stepwise, piecewise, linear)
+        or its `Plan`.
+      drop_remainder: leave out a last partial batch of a finite `ds`.
+      input_context: from `tf.distribute.Strategy.distribute_datasets_from_function`:
+        each step's batch is cut into this input pipeline's replicas' slices,
+        one batch per replica in replica order, each `B(k) / num_replicas_in_sync`
+        samples. Every pipeline reads all of `ds`. A finite `ds` should use
+        `drop_remainder=True`, so that every replica gets a full slice.
+
+    Returns:
+      The batched dataset; its batch dimension is `None`.
+
+    Raises:
+      ValueError: a `from_fn` schedule (use `to_tf_dataset`); a size that does
+        not divide by the replica count.
+    """
+    if not isinstance(ds, tf.data.Dataset):
+        raise TypeError(f"rampup_batch needs a tf.data.Dataset of samples, got {type(ds).__name__}")
+    plan = _segmented_plan(schedule)
+    segments = plan.segments()
+    rows, replica_sizes = _replica_split(plan, input_context)
+    chunk = math.gcd(*(s.size for s in segments))
+    first_chunks = tf.constant([s.offset // chunk for s in segments], tf.int64)
+    sizes = tf.constant([s.size for s in segments], tf.int64)
+    chunks_per_step = tf.constant([s.size // chunk for s in segments], tf.int64)
+    sliced = any(hi - lo != s.size for (lo, hi), s in zip(rows, segments, strict=True))
+    split = replica_sizes != [s.size for s in segments]
+    row_lo = tf.constant([lo for lo, _ in rows], tf.int64)
+    row_hi = tf.constant([hi for _, hi in rows], tf.int64)
+    replica_size = tf.constant(replica_sizes, tf.int64)
+
+    if len(segments) == 1 and not sliced and not split:
+        # One size for ever: the window machinery would only regroup `batch`'s own output.
+        return ds.batch(segments[0].size, drop_remainder=drop_remainder)
+
+    def keyed(index: tf.Tensor, chunk_rows: Any) -> tuple[tf.Tensor, Any]:
+        # The chunk index rides along as a batched column, so `rebatch` carries it.
+        rows = tf.shape(tf.nest.flatten(chunk_rows)[0])[:1]
+        return tf.fill(rows, index), chunk_rows
+
+    def segment_of(index: tf.Tensor, _: Any) -> tf.Tensor:
+        found = tf.searchsorted(first_chunks, index[:1], side="right", out_type=tf.int64)
+        return found[0] - 1
+
+    def steps(segment: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        out = window.rebatch(tf.gather(sizes, segment), drop_remainder)
+        if sliced:
+            lo, hi = tf.gather(row_lo, segment), tf.gather(row_hi, segment)
+            out = out.map(lambda *x: tf.nest.map_structure(lambda t: t[lo:hi], x))
+        if split:
+            out = out.rebatch(tf.gather(replica_size, segment), drop_remainder)
+        return out
+
+    return (
+        ds.batch(chunk, drop_remainder=drop_remainder)
+        .enumerate()
+        .map(keyed)
+        .group_by_window(segment_of, steps,
+                         window_size_func=lambda segment: tf.gather(chunks_per_step, segment))
+        .map(lambda _, batch: batch)
+    )
+
