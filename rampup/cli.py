@@ -13,6 +13,8 @@ import tomllib
 from collections.abc import Sequence
 from typing import Any
 
+from rampup.demo import BACKENDS, DEFAULT_STEPS
+from rampup.demo import main as run_demo
 from rampup.plan import Plan
 from rampup.schedules import Schedule, from_config
 
@@ -67,13 +69,17 @@ def plot(plan: Plan, steps: int, path: str) -> None:
     except ImportError as e:
         raise ValueError("--plot needs matplotlib: pip install 'rampup[plot]'") from e
     xs, sizes = [], []
-    for seg in plan.segments(steps):
+    segments = plan.segments(steps)
+    for seg in segments:
         xs += [seg.first_step, seg.last_step + 1]
         sizes += [seg.size, seg.size]
+    kind = plan.schedule.to_config().get("type", "custom")
+    title = (f"{kind} schedule: {len(segments)} segments, batch size {min(sizes)} to "
+             f"{max(sizes)} over {steps:,} steps")
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
     top.plot(xs, sizes, color="tab:blue")
     top.set_ylabel("global batch size (samples)")
-    top.set_title(f"{plan.schedule}", fontsize=9)
+    top.set_title(title, fontsize=10)
     top.grid(alpha=0.3)
     bottom.plot(xs, [plan.offset(x) for x in xs], color="tab:orange")
     bottom.set_ylabel("samples consumed")
@@ -110,6 +116,12 @@ def preview(args: argparse.Namespace) -> int:
         plot(plan, steps, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Runs the end-to-end demo with its resume check."""
+    spec = load_spec(args.schedule) if args.schedule else None
+    return run_demo(args.backend, args.steps, spec)
 
 
 # (suite, module that must be importable, benchmark module)
@@ -171,6 +183,14 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
     pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
     pre.set_defaults(run=preview)
+    dem = sub.add_parser("demo", help="an end-to-end run with a resume check halfway")
+    dem.add_argument("--backend", choices=BACKENDS,
+                     help="default: jax (grain source, sharded arrays), or the NumPy core "
+                     "when jax is not installed")
+    dem.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                     help=f"steps to train (default {DEFAULT_STEPS})")
+    dem.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file")
+    dem.set_defaults(run=demo)
     ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
     ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats")
     ben.add_argument("--json", metavar="PATH", help="also write the table as JSON")

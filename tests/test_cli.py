@@ -1,6 +1,8 @@
 """The `rampup preview` command, run as a user runs it."""
 
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -60,3 +62,24 @@ def test_preview_plot_writes_a_png(tmp_path):
     path = tmp_path / "ramp.png"
     assert main(["preview", "--steps", "5000", "--plot", str(path)]) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_one_table_of_every_installed_suite(tmp_path):
+    from rampup.cli import BENCH_SUITES
+
+    path = tmp_path / "bench.json"
+    out = subprocess.run([sys.executable, "-m", "rampup.cli", "bench", "--quick", "--json",
+                          str(path)], capture_output=True, text=True, timeout=600)
+    rows = json.loads(path.read_text())
+    assert out.returncode == (0 if all(r["holds"] for r in rows) else 1), out.stderr[-3000:]
+    installed = {s for s, needs, _ in BENCH_SUITES if importlib.util.find_spec(needs)}
+    assert {r["suite"] for r in rows} == installed
+    for r in rows:
+        assert "failed (exit" not in r["name"], r
+        assert r["ratio"] > 0 and isinstance(r["holds"], bool)
+        assert r["target"] == "reported" or re.fullmatch(r"(<=|>=) \d+(\.\d+)?", r["target"])
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["benchmark", "ratio", "target", "holds"]
+    for r in rows:
+        assert any(line.startswith(r["name"]) and f"{r['ratio']:.3f}" in line for line in lines)
