@@ -149,12 +149,14 @@ class RampupBatches:
                              f"{process_count}; valid: 0..{process_count - 1}")
         self.on_schedule_change = check_policy(on_schedule_change)
         self.wrap = bool(wrap)
-        if self.end is not None and not self.drop_remainder and len(self):
-            # Fail at start-up, not when the last batch is reached.
-            last = len(self) - 1
-            start, stop = self.plan.bounds(last)
+        # Fail at start-up, not when training reaches a size the processes cannot split.
+        full_steps = None if self.end is None else len(self)
+        if full_steps and not self.drop_remainder:
+            start, stop = self.plan.bounds(full_steps - 1)
             if stop > self.end:
-                self._partial_share(last, start)
+                self._partial_share(full_steps - 1, start)
+                full_steps -= 1
+        self.plan.check_divisible(self.process_count, full_steps)
 
     @property
     def schedule(self) -> Schedule:
@@ -172,18 +174,17 @@ class RampupBatches:
         `shift` moves the whole stream: a restore under a changed schedule keeps
         its data position, so its positions are `offset + shift`.
         """
+        if self.end is not None:
+            global_start, global_stop = self.plan.bounds(step)
+            global_start, global_stop = global_start + shift, global_stop + shift
+            if global_start >= self.end or (self.drop_remainder and global_stop > self.end):
+                return None
+            if global_stop > self.end:
+                share = self._partial_share(step, global_start)
+                return (global_start + self.process_index * share,
+                        global_start + (self.process_index + 1) * share)
         start, stop = self.plan.local_bounds(step, self.process_index, self.process_count)
-        if self.end is None:
-            return start + shift, stop + shift
-        global_start, global_stop = self.plan.bounds(step)
-        global_start, global_stop = global_start + shift, global_stop + shift
-        if global_start >= self.end or (self.drop_remainder and global_stop > self.end):
-            return None
-        if global_stop <= self.end:
-            return start + shift, stop + shift
-        share = self._partial_share(step, global_start)
-        return (global_start + self.process_index * share,
-                global_start + (self.process_index + 1) * share)
+        return start + shift, stop + shift
 
     def _partial_share(self, step: int, global_start: int) -> int:
         """Each process's even share of a batch cut short by the end of the data.
@@ -348,6 +349,7 @@ class StreamBatcher(Iterator[Any]):
         self.process_index = process_index
         self.process_count = process_count
         self.plan.local_bounds(0, process_index, process_count)  # validates the arguments
+        self.plan.check_divisible(process_count)
         self.on_schedule_change = check_policy(on_schedule_change)
         self._step = 0
         self._shift = 0

@@ -145,6 +145,18 @@ class Plan:
         share = size // process_count
         return start + process_index * share, start + (process_index + 1) * share
 
+    def check_divisible(self, process_count: int, until_step: int | None = None) -> None:
+        """Raises the `local_bounds` error for the first size `process_count` cannot split.
+
+        Checks steps `[0, until_step)`, or every segment if None; a `from_fn`
+        schedule without `until_step` has no known end and is checked step by step
+        as it is built instead.
+        """
+        if until_step is None and not self.schedule.segmented:
+            return
+        for segment in self.segments(until_step):
+            self.local_bounds(segment.first_step, 0, process_count)
+
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
         """How many batches a finite stream of `positions` samples gives.
 

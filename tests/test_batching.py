@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rampup import RampupBatches, StreamBatcher, constant, piecewise
+from rampup import RampupBatches, StreamBatcher, constant, from_fn, piecewise
 from rampup.batching import epoch_permutation
 
 SCHEDULE = piecewise({0: 2, 3: 4, 5: 8})  # offsets 0,2,4,6,10,14,22,30
@@ -63,9 +63,13 @@ def test_process_slices_concatenate_to_the_global_batch():
 
 
 def test_process_count_that_does_not_divide_names_the_step():
-    b = RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
     with pytest.raises(ValueError, match="batch size 2 at step 0 .* process_count=4"):
-        b[0]
+        RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
+    sizes = from_fn(lambda k: 4 if k < 3 else 6)  # no known end: checked as steps are built
+    b = RampupBatches(np.arange(50), sizes, process_index=0, process_count=4)
+    assert len(b[2]) == 1
+    with pytest.raises(ValueError, match="batch size 6 at step 3 .* process_count=4"):
+        b[3]
 
 
 def test_wrap_false_passes_positions_through():
@@ -228,3 +232,15 @@ def test_stream_batcher_says_why_a_plain_iterator_cannot_be_checkpointed():
     s = StreamBatcher(iter(range(10)), SCHEDULE)
     with pytest.raises(TypeError, match="cannot be checkpointed.*RampupBatches"):
         s.get_state()
+
+
+def test_a_size_the_processes_cannot_split_fails_at_construction():
+    schedule = piecewise({0: 8, 10: 12, 20: 16})
+    with pytest.raises(ValueError, match=r"batch size 12 at step 10 is not divisible by "
+                       r"process_count=8.*nearest valid sizes: 8, 16"):
+        RampupBatches(np.arange(1000), schedule, process_index=0, process_count=8)
+    with pytest.raises(ValueError, match="batch size 12 at step 10"):
+        StreamBatcher(iter(range(1000)), schedule, process_index=0, process_count=8)
+    # Data that ends before step 10 never meets the size 12.
+    short = RampupBatches(np.arange(80), schedule, num_epochs=1, process_index=1, process_count=8)
+    assert [b.tolist() for b in short][:2] == [[1], [9]]

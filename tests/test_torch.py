@@ -203,12 +203,11 @@ def test_rank_slices_concatenate_to_the_one_process_batch():
 
 
 def test_a_size_not_divisible_by_the_world_size_raises_with_step_and_size():
-    ds = RampupIterableDataset(ARRAY, SCHEDULE, rank=1, world_size=2)  # size 5 at step 5
-    it = iter(ds)
-    for _ in range(5):
-        next(it)
+    # Size 5 at step 5: the dataset refuses it when built, not when a worker reaches step 5.
     with pytest.raises(ValueError, match="batch size 5 at step 5 is not divisible"):
-        next(it)
+        RampupIterableDataset(ARRAY, SCHEDULE, rank=1, world_size=2)
+    with pytest.raises(ValueError, match="batch size 5 at step 5 is not divisible"):
+        RampupIterableDataset(iter(ARRAY.tolist()), SCHEDULE, rank=1, world_size=2)
 
 
 def test_rank_out_of_range_raises():
