@@ -267,7 +267,7 @@ class RampupIterDataset(grain.IterDataset):
         super().__init__(parent)
         self._plan = as_plan(schedule)
         self._process_index, self._process_count = process_slice(process_index, process_count)
-        self._plan.local_bounds(0, self._process_index, self._process_count)  # validates
+        self._plan.check_processes(self._process_index, self._process_count)
         self._drop_remainder = bool(drop_remainder)
         self._collate = collate
         self._on_schedule_change = on_schedule_change

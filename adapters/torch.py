@@ -164,8 +164,7 @@ class RampupIterableDataset(IterableDataset):
         self.source = source
         self.batches = None
         self.plan = as_plan(schedule)
-        self.plan.local_bounds(0, self.rank, self.world_size)  # validates rank and world size
-        self.plan.check_divisible(self.world_size)
+        self.plan.check_processes(self.rank, self.world_size)
 
     @property
     def step(self) -> int:

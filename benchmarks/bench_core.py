@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from rampup import Plan, RampupBatches, default_collate, linear, piecewise
-from rampup.benchmarks.harness import at_most, main, ratio, row
+from rampup.benchmarks.harness import at_most, main, ratio, reported
 
 
 def collate_vs_stack(width: int, quick: bool) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def offset_queries(quick: bool) -> dict[str, Any]:
     for k in steps:
         plan.offset(k)
     rate = len(steps) / (time.perf_counter() - start)
-    return row("Plan.offset queries per second", rate, "reported", True)
+    return reported("Plan.offset queries per second", rate)
 
 
 def restore_far_vs_near(quick: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from absl import flags
 
 import rampup
 from rampup.adapters.grain import RampupIterDataset, RampupMapDataset
-from rampup.benchmarks.harness import at_least, at_most, main, ratio, row
+from rampup.benchmarks.harness import at_least, at_most, main, ratio, reported
 
 READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 BATCH = 64
@@ -67,9 +67,9 @@ def batching_rows(quick: bool) -> list[dict[str, Any]]:
         at_most("RampupMapDataset / MapDataset.batch, constant 64",
                 ratio(lambda: drain(ramp_map.to_iter_dataset(READ)),
                       lambda: drain(grain_map.to_iter_dataset(READ)), repeats), 1.05),
-        row("RampupMapDataset.to_iter_dataset / IterDataset.batch, constant 64",
-            ratio(lambda: drain(ramp_map.to_iter_dataset(READ)),
-                  lambda: drain(grain_iter), repeats), "reported", True),
+        reported("RampupMapDataset.to_iter_dataset / IterDataset.batch, constant 64",
+                 ratio(lambda: drain(ramp_map.to_iter_dataset(READ)),
+                       lambda: drain(grain_iter), repeats)),
     ]
 
 
@@ -118,8 +118,8 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
     return [
         at_least("RampupMapDataset + mp_prefetch throughput, 2 workers / 1, CPU-heavy",
                  statistics.median(ours), 1.6),
-        row("reference: MapDataset.batch(32) + mp_prefetch, 2 workers / 1, same map",
-            statistics.median(theirs), "reported", True),
+        reported("reference: MapDataset.batch(32) + mp_prefetch, 2 workers / 1, same map",
+                 statistics.median(theirs)),
     ]
 
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from rampup import RampupBatches, constant, linear, piecewise
 from rampup.adapters.tf import rampup_batch, to_tf_dataset
-from rampup.benchmarks.harness import at_most, main, ratio, row
+from rampup.benchmarks.harness import at_most, main, ratio, reported
 
 WIDTH = 128  # float32 features per sample
 
@@ -49,8 +49,8 @@ def native_windows_vs_batch(data: np.ndarray, size: int, repeats: int) -> dict[s
     schedule = piecewise({0: size, 1: 2 * size, 2: size})
     ds = tf.data.Dataset.from_tensor_slices(data)
     value = ratio(consume(rampup_batch(ds, schedule)), consume(ds.batch(size)), repeats)
-    return row(f"native rampup_batch windowed path, size {size} after step 1 / "
-               f"ds.batch({size})", value, "reported", True)
+    return reported(f"native rampup_batch windowed path, size {size} after step 1 / "
+                    f"ds.batch({size})", value)
 
 
 def native_ramp_vs_batch(data: np.ndarray, final: int, repeats: int) -> dict[str, Any]:
@@ -58,8 +58,8 @@ def native_ramp_vs_batch(data: np.ndarray, final: int, repeats: int) -> dict[str
     schedule = linear(final // 8, final // 8, len(data) // 2, final)
     ds = tf.data.Dataset.from_tensor_slices(data)
     value = ratio(consume(rampup_batch(ds, schedule)), consume(ds.batch(final)), repeats)
-    return row(f"native rampup_batch linear ramp to {final} over half the data / "
-               f"ds.batch({final})", value, "reported", True)
+    return reported(f"native rampup_batch linear ramp to {final} over half the data / "
+                    f"ds.batch({final})", value)
 
 
 def generator_vs_native(data: np.ndarray, final: int, repeats: int) -> dict[str, Any]:
@@ -68,8 +68,8 @@ def generator_vs_native(data: np.ndarray, final: int, repeats: int) -> dict[str,
     ds = tf.data.Dataset.from_tensor_slices(data)
     generator = to_tf_dataset(RampupBatches(data, schedule, num_epochs=1))
     value = ratio(consume(generator), consume(rampup_batch(ds, schedule)), repeats)
-    return row(f"to_tf_dataset(RampupBatches) / native rampup_batch, linear ramp to {final}",
-               value, "reported", True)
+    return reported(
+        f"to_tf_dataset(RampupBatches) / native rampup_batch, linear ramp to {final}", value)
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

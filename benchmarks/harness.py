@@ -40,6 +40,11 @@ def row(name: str, value: float, target: str, holds: bool, **extra: Any) -> dict
             **extra}
 
 
+def reported(name: str, value: float, **extra: Any) -> dict[str, Any]:
+    """A result printed for information: it has no target."""
+    return row(name, value, "reported", True, **extra)
+
+
 def at_most(name: str, value: float, limit: float, **extra: Any) -> dict[str, Any]:
     """A result whose ratio must stay <= limit."""
     return row(name, value, f"<= {limit}", value <= limit, **extra)
@@ -53,7 +58,8 @@ def at_least(name: str, value: float, limit: float, **extra: Any) -> dict[str, A
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The results as an aligned text table."""
     lines = [("benchmark", "ratio", "target", "holds")]
-    lines += [(r["name"], f"{r['ratio']:.3f}", r["target"], "yes" if r["holds"] else "NO")
+    lines += [(r["name"], f"{r['ratio']:.3f}", r["target"],
+               "-" if r["target"] == "reported" else "yes" if r["holds"] else "NO")
               for r in rows]
     widths = [max(len(line[c]) for line in lines) for c in range(4)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))

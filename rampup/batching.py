@@ -142,11 +142,8 @@ class RampupBatches:
         self.num_epochs = num_epochs
         self.drop_remainder = bool(drop_remainder)
         self.collate = collate
-        self.process_count = check_count(process_count, "process_count", 1)
-        self.process_index = check_count(process_index, "process_index")
-        if self.process_index >= self.process_count:
-            raise ValueError(f"process_index={process_index} is not valid for process_count="
-                             f"{process_count}; valid: 0..{process_count - 1}")
+        self.process_index, self.process_count = self.plan.check_processes(
+            process_index, process_count, until_step=0)
         self.on_schedule_change = check_policy(on_schedule_change)
         self.wrap = bool(wrap)
         # Fail at start-up, not when training reaches a size the processes cannot split.
@@ -156,7 +153,7 @@ class RampupBatches:
             if stop > self.end:
                 self._partial_share(full_steps - 1, start)
                 full_steps -= 1
-        self.plan.check_divisible(self.process_count, full_steps)
+        self.plan.check_processes(self.process_index, self.process_count, full_steps)
 
     @property
     def schedule(self) -> Schedule:
@@ -346,10 +343,8 @@ class StreamBatcher(Iterator[Any]):
         self.plan = as_plan(schedule)
         self.drop_remainder = bool(drop_remainder)
         self.collate = collate or default_collate
-        self.process_index = process_index
-        self.process_count = process_count
-        self.plan.local_bounds(0, process_index, process_count)  # validates the arguments
-        self.plan.check_divisible(process_count)
+        self.process_index, self.process_count = self.plan.check_processes(
+            process_index, process_count)
         self.on_schedule_change = check_policy(on_schedule_change)
         self._step = 0
         self._shift = 0

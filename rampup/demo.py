@@ -64,7 +64,7 @@ class Pipeline:
 
     batches: Iterator[Any]
     train_step: Callable[[Any], float]
-    get_state: Callable[[], dict[str, Any]]
+    get_state: Callable[[int], dict[str, Any]]  # the state before the given step
     compiles: Callable[[], int] = lambda: 0
     devices: str = "host"
     close: Callable[[], None] = field(default=lambda: None)
@@ -90,7 +90,7 @@ def build_numpy(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     it = RampupBatches(SyntheticDataset(), schedule, shuffle_seed=SEED).iter_from(0)
     if state is not None:
         it.set_state(state)
-    return Pipeline(it, numpy_step(), it.get_state)
+    return Pipeline(it, numpy_step(), lambda _: it.get_state())
 
 
 def grain_source() -> Any:
@@ -117,7 +117,7 @@ def build_grain(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
 
     dataset = RampupMapDataset(grain_source(), schedule, process_index=0, process_count=1)
     it = grain_iterator(dataset, state)
-    return Pipeline(it, numpy_step(), it.get_state, close=it.close)
+    return Pipeline(it, numpy_step(), lambda _: it.get_state(), close=it.close)
 
 
 def build_jax(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
@@ -151,7 +151,7 @@ def build_jax(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
 
     platform = jax.local_devices()[0].platform
     simulated = " (simulated)" if platform == "cpu" and len(jax.local_devices()) > 1 else ""
-    return Pipeline(batches, step, batches.get_state, compiles=update._cache_size,
+    return Pipeline(batches, step, lambda _: batches.get_state(), compiles=update._cache_size,
                     devices=f"{len(jax.local_devices())} {platform} devices{simulated}",
                     close=batches.close)
 
@@ -162,20 +162,11 @@ def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     from torch.utils.data import DataLoader
 
     from rampup.adapters.torch import RampupIterableDataset
-    from rampup.batching import make_state
-
     dataset = RampupIterableDataset(SyntheticDataset(), schedule, shuffle=True, seed=SEED)
     if state is not None:
         dataset.load_state_dict(state)
     model = torch.nn.Linear(SEQUENCE_LENGTH, SEQUENCE_LENGTH, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    consumed = [dataset.step]
-
-    def batches() -> Iterator[Any]:
-        # Only this generator holds the loader's iterator: closing it stops the workers.
-        for batch in DataLoader(dataset, batch_size=None, num_workers=2):
-            consumed[0] += 1
-            yield batch
 
     def step(batch: dict[str, Any]) -> float:
         loss = torch.nn.functional.mse_loss(model(batch["tokens"].float() / 1000),
@@ -185,11 +176,12 @@ def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
         optimizer.step()
         return loss.item()
 
-    def get_state() -> dict[str, Any]:
+    def get_state(step: int) -> dict[str, Any]:
         # The training loop's step is the whole data state of a map-style source.
-        return make_state(dataset.plan, consumed[0], dataset.plan.offset(consumed[0]))
+        return dataset.batches.iter_from(step).get_state()
 
-    stream = batches()
+    # Only this generator holds the loader's iterator: closing it stops the workers.
+    stream = (batch for batch in DataLoader(dataset, batch_size=None, num_workers=2))
     return Pipeline(stream, step, get_state, devices="2 DataLoader workers", close=stream.close)
 
 
@@ -207,7 +199,6 @@ def build_tf(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
         start = restored.step
     dataset = to_tf_dataset(batches, start_step=start).prefetch(tf.data.AUTOTUNE)
     w = tf.Variable(tf.zeros((SEQUENCE_LENGTH, SEQUENCE_LENGTH)))
-    consumed = [start]
 
     @tf.function
     def update(batch: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -217,15 +208,8 @@ def build_tf(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
         w.assign_sub(0.1 * tf.transpose(x) @ err / tf.cast(tf.shape(x)[0], tf.float32))
         return tf.reduce_mean(err**2)
 
-    def stream() -> Iterator[Any]:
-        for batch in dataset:
-            consumed[0] += 1
-            yield batch
-
-    def get_state() -> dict[str, Any]:
-        return batches.iter_from(consumed[0]).get_state()
-
-    return Pipeline(stream(), lambda batch: float(update(batch)), get_state,
+    return Pipeline(iter(dataset), lambda batch: float(update(batch)),
+                    lambda step: batches.iter_from(step).get_state(),
                     compiles=update.experimental_get_tracing_count, devices="the host (tf.data)")
 
 
@@ -255,7 +239,7 @@ def run(backend: str, steps: int, schedule: Schedule, out: Any = sys.stdout) -> 
     saved, first_run, samples, loss = None, [], 0, float("nan")
     for step in range(steps):
         if step == half:
-            saved = json.loads(json.dumps(pipeline.get_state()))
+            saved = json.loads(json.dumps(pipeline.get_state(step)))
         batch = next(pipeline.batches)
         size = len(batch["tokens"])
         if size != plan.size(step):

@@ -125,37 +125,30 @@ class Plan:
 
     def local_bounds(self, step: int, process_index: int, process_count: int) -> tuple[int, int]:
         """The positions `[start, stop)` of process `process_index`'s slice of batch `step`."""
-        process_count = check_count(process_count, "process_count", 1)
-        process_index = check_count(process_index, "process_index")
-        if process_index >= process_count:
-            raise ValueError(
-                f"process_index={process_index} is not valid for process_count={process_count}; "
-                f"valid: 0..{process_count - 1}"
-            )
+        process_index, process_count = _process(process_index, process_count)
         start, stop = self.bounds(step)
-        size = stop - start
-        if size % process_count:
-            valid = ", ".join(map(str, nearest_multiples(size, process_count)))
-            raise ValueError(
-                f"batch size {size} at step {step} is not divisible by process_count="
-                f"{process_count}; every size must be a multiple of {process_count} "
-                f"(nearest valid sizes: {valid}; build the schedule with "
-                f"multiple_of={process_count} to catch this up front)"
-            )
-        share = size // process_count
+        share = _share(stop - start, step, process_count)
         return start + process_index * share, start + (process_index + 1) * share
 
-    def check_divisible(self, process_count: int, until_step: int | None = None) -> None:
-        """Raises the `local_bounds` error for the first size `process_count` cannot split.
+    def check_processes(
+        self, process_index: int, process_count: int, until_step: int | None = None
+    ) -> tuple[int, int]:
+        """Checks a process slice up front: valid index and count, every size divisible.
 
-        Checks steps `[0, until_step)`, or every segment if None; a `from_fn`
-        schedule without `until_step` has no known end and is checked step by step
-        as it is built instead.
+        Raises the `local_bounds` error for the first segment in steps
+        `[0, until_step)` (every segment if None) whose size `process_count`
+        processes cannot split, so a bad configuration fails at start-up. A
+        `from_fn` schedule without `until_step` has no known end: its sizes are
+        checked as each step is built.
+
+        Returns:
+          `(process_index, process_count)` as ints.
         """
-        if until_step is None and not self.schedule.segmented:
-            return
-        for segment in self.segments(until_step):
-            self.local_bounds(segment.first_step, 0, process_count)
+        process_index, process_count = _process(process_index, process_count)
+        if until_step is not None or self.schedule.segmented:
+            for segment in self.segments(until_step):
+                _share(segment.size, segment.first_step, process_count)
+        return process_index, process_count
 
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
         """How many batches a finite stream of `positions` samples gives.
@@ -271,6 +264,30 @@ class Plan:
             summary += f", {total * tokens_per_sample:,} tokens"
         summary += f", {len(self.distinct_sizes(steps))} distinct sizes"
         return "\n".join([*lines, "", summary])
+
+
+def _process(process_index: int, process_count: int) -> tuple[int, int]:
+    process_count = check_count(process_count, "process_count", 1)
+    process_index = check_count(process_index, "process_index")
+    if process_index >= process_count:
+        raise ValueError(
+            f"process_index={process_index} is not valid for process_count={process_count}; "
+            f"valid: 0..{process_count - 1}"
+        )
+    return process_index, process_count
+
+
+def _share(size: int, step: int, process_count: int) -> int:
+    """One process's rows of a batch of `size` at `step`; raises if they cannot be equal."""
+    if size % process_count:
+        valid = ", ".join(map(str, nearest_multiples(size, process_count)))
+        raise ValueError(
+            f"batch size {size} at step {step} is not divisible by process_count="
+            f"{process_count}; every size must be a multiple of {process_count} "
+            f"(nearest valid sizes: {valid}; build the schedule with "
+            f"multiple_of={process_count} to catch this up front)"
+        )
+    return size // process_count
 
 
 def budget_samples(

@@ -294,3 +294,13 @@ def test_checkpoint_handler_round_trip(kind, tmp_path):
     handler.save(epath.Path(tmp_path), item=it)
     restored = handler.restore(epath.Path(tmp_path), item=iter(make()))
     assert [xs([b]) for b in restored] == whole[5:]
+
+
+def test_a_size_the_processes_cannot_split_fails_when_the_dataset_is_built():
+    schedule = rampup.piecewise({0: 4, 3: 6})
+    with pytest.raises(ValueError, match="batch size 6 at step 3 is not divisible by process_"
+                       "count=4"):
+        RampupIterDataset(source().to_iter_dataset(CHEAP), schedule, process_index=0,
+                          process_count=4)
+    with pytest.raises(ValueError, match="batch size 6 at step 3"):
+        RampupMapDataset(source(), schedule, process_index=0, process_count=4)
