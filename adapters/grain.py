@@ -26,17 +26,23 @@ from rampup.batching import (
     RampupBatches,
     StreamBatcher,
     as_plan,
+    check_collate,
+    check_policy,
     make_state,
 )
 from rampup.collate import default_collate
-from rampup.plan import Plan
-from rampup.schedules import Schedule
+from rampup.plan import Plan, WorkerStride
+from rampup.protocol import ScheduledIterator
+from rampup.schedules import Schedule, check_flag
 
 LEGACY_STEP_KEY = "batch_step"
 
 __all__ = [
     "BatchRampUpIterDataset",
     "RampupDatasetIterator",
+    "RampupMapDatasetIterator",
+    "RampupMapIterDataset",
+    "RampupPrefetchIterDataset",
     "RampupIterDataset",
     "RampupMapDataset",
     "batch_dataset_with_rampup",
@@ -68,7 +74,7 @@ class _CheckedCollate:
     """Collates a list of elements; a None element (a filtered parent) is an error."""
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
-        self.collate = collate or default_collate
+        self.collate = check_collate(collate) or default_collate
 
     def __call__(self, elements: list[Any]) -> Any:
         for i, element in enumerate(elements):
@@ -96,6 +102,8 @@ class RampupMapDataset(grain.MapDataset):
         `batch_fn`; default `rampup.default_collate`.
       process_index: this process's index; default from `grain.sharding.ShardByJaxProcess`.
       process_count: how many processes split every global batch; same default.
+      on_schedule_change: "raise" or "continue" when a restored state's schedule differs
+        (the iterators of `to_iter_dataset()` and `mp_prefetch` read it).
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class RampupMapDataset(grain.MapDataset):
         collate: Callable[[list[Any]], Any] | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
+        on_schedule_change: str = "raise",
     ) -> None:
         if not isinstance(parent, grain.MapDataset):
             raise TypeError(
@@ -124,6 +133,7 @@ class RampupMapDataset(grain.MapDataset):
             collate=_CheckedCollate(collate),
             process_index=index,
             process_count=count,
+            on_schedule_change=on_schedule_change,
             wrap=False,
         )
 
@@ -150,6 +160,17 @@ class RampupMapDataset(grain.MapDataset):
             e.add_note(f"while building batch {index} of {self}")
             raise
 
+    def to_iter_dataset(
+        self, read_options: grain.ReadOptions | None = None, *, allow_nones: bool = False
+    ) -> RampupMapIterDataset:
+        """grain's thread-prefetched iteration over the batches, with the core's state.
+
+        Its iterators' state is `{"version", "step", "position", "schedule"}`:
+        a restore under another schedule raises (or keeps the data position with
+        `on_schedule_change="continue"`), behind `mp_prefetch` too.
+        """
+        return RampupMapIterDataset(self, read_options, check_flag(allow_nones, "allow_nones"))
+
     def __str__(self) -> str:
         b = self._batches
         return (
@@ -158,7 +179,246 @@ class RampupMapDataset(grain.MapDataset):
         )
 
 
-class RampupDatasetIterator(grain.DatasetIterator):
+class _ShiftedBatches(grain.MapDataset):
+    """Item `k` is batch `k` of a stream moved by `shift` positions (a `continue` restore)."""
+
+    def __init__(self, parent: RampupMapDataset, shift: int) -> None:
+        super().__init__(parent)
+        self._batches = parent.batches
+        self._shift = shift
+
+    def __len__(self) -> int:
+        end = self._batches.end
+        if end is None:
+            return sys.maxsize
+        last = self._batches.plan.last_batch(end, self._batches.drop_remainder, self._shift)
+        return 0 if last is None else last[0] + 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._batches.batch(index, self._shift)
+
+
+class RampupMapIterDataset(grain.IterDataset):
+    """What `RampupMapDataset.to_iter_dataset()` returns: batches prefetched by grain's
+    threads, iterated with the core's state (which carries the schedule fingerprint).
+
+    Under `mp_prefetch`, worker `w` of `W` builds the steps `s + w, s + w + W, ...`
+    of an iteration that starts at step `s` (grain hands it that slice) and
+    grain's round-robin puts them back in order.
+
+    Args:
+      parent: the batches.
+      read_options: grain's thread prefetch options.
+      allow_nones: as grain's `to_iter_dataset`.
+      start: `(step, shift)` where iterations start; a restore of `mp_prefetch`
+        builds its workers with it.
+    """
+
+    def __init__(self, parent: RampupMapDataset, read_options: grain.ReadOptions | None,
+                 allow_nones: bool, start: tuple[int, int] = (0, 0)) -> None:
+        super().__init__(parent)
+        self._ramp = parent
+        self._read_options = read_options or grain.ReadOptions()
+        self._allow_nones = allow_nones
+        self._start = start
+        self._stride = WorkerStride(start[0])
+
+    @property
+    def plan(self) -> Plan:
+        """The step <-> position arithmetic of the schedule."""
+        return self._ramp.plan
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        """Makes this copy build one `mp_prefetch` worker's steps (grain calls it)."""
+        if sequential_slice or sl.stop is not None:
+            raise ValueError(
+                "RampupMapDataset batches are steps in order: mp_prefetch(sequential_slice=True) "
+                "would give each worker a block of consecutive steps and grain's round-robin "
+                "would reorder them. Use mp_prefetch with sequential_slice=False")
+        self._stride = WorkerStride.checked(self._start[0], sl.start or 0, sl.step or 1)
+
+    def mp_prefetch(
+        self,
+        options: grain.MultiprocessingOptions | None = None,
+        worker_init_fn: Callable[[int, int], None] | None = None,
+        sequential_slice: bool = False,
+    ) -> grain.IterDataset:
+        """grain's `mp_prefetch`, whose iterators carry the core's state.
+
+        A restore rebuilds the workers at the restored step, so it costs O(1),
+        checks the schedule before any worker starts, and works with any
+        `num_workers`.
+        """
+        if check_flag(sequential_slice, "sequential_slice"):
+            self.set_slice(slice(0, None, 1), True)
+        return RampupPrefetchIterDataset(self, options, worker_init_fn)
+
+    def __iter__(self) -> RampupMapDatasetIterator:
+        return RampupMapDatasetIterator(self._ramp, self._read_options, self._allow_nones,
+                                        self._stride, self._start[1])
+
+    def __str__(self) -> str:
+        return f"RampupMapIterDataset(read_options={self._read_options}, {self._stride})"
+
+
+class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
+    """Iterates a `RampupMapDataset` with grain's thread prefetch; the core's state.
+
+    `set_state` restores in O(1) at any step this iterator builds.
+    """
+
+    def __init__(self, ramp: RampupMapDataset, read_options: grain.ReadOptions,
+                 allow_nones: bool, stride: WorkerStride, shift: int = 0) -> None:
+        super().__init__()
+        self._ramp, self._read_options, self._allow_nones = ramp, read_options, allow_nones
+        self._stride = stride
+        batches = ramp.batches
+        self.plan = batches.plan
+        self.process_index, self.process_count = batches.process_index, batches.process_count
+        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self._shift = shift
+        self._inner = self._iterate(shift)
+
+    def _iterate(self, shift: int) -> grain.DatasetIterator:
+        view = self._ramp if shift == 0 else _ShiftedBatches(self._ramp, shift)
+        # A slice is a plain grain MapDataset, so this is grain's own to_iter_dataset.
+        view = view.slice(slice(self._stride.step(0), None, self._stride.count))
+        inner = view.to_iter_dataset(self._read_options, allow_nones=self._allow_nones)
+        return inner.__iter__()
+
+    @property
+    def step(self) -> int:
+        """The step of the next batch this iterator yields."""
+        return self._stride.step(self._inner.get_state()["next_index"])
+
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self._shift
+
+    def __next__(self) -> Any:
+        return next(self._inner)
+
+    def get_state(self) -> dict[str, Any]:
+        """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
+        step = self.step
+        return make_state(self.plan, step, self.plan.offset(step) + self._shift)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from a state written by `get_state`, in O(1)."""
+        step, shift = self._ramp.batches.read_state(state)
+        index = self._stride.batches_before(step)
+        if shift != self._shift:
+            self._inner.close()
+            self._inner, self._shift = self._iterate(shift), shift
+        self._inner.set_state({"next_index": index})
+
+    def close(self) -> None:
+        """Stops grain's prefetch threads."""
+        self._inner.close()
+
+    def __str__(self) -> str:
+        return f"RampupMapDatasetIterator(step={self.step}, schedule={self.plan.schedule})"
+
+
+class RampupPrefetchIterDataset(grain.IterDataset):
+    """`mp_prefetch` of a `RampupMapIterDataset`: grain's worker processes, the core's state.
+
+    Args:
+      parent: the batches, as `to_iter_dataset()` gave them.
+      options: grain's multiprocessing options.
+      worker_init_fn: as grain's `mp_prefetch`.
+    """
+
+    def __init__(self, parent: RampupMapIterDataset,
+                 options: grain.MultiprocessingOptions | None,
+                 worker_init_fn: Callable[[int, int], None] | None) -> None:
+        super().__init__(parent)
+        self._options = options
+        self._worker_init_fn = worker_init_fn
+
+    @property
+    def plan(self) -> Plan:
+        """The step <-> position arithmetic of the schedule."""
+        return self._parent.plan
+
+    def workers_from(self, step: int, shift: int) -> grain.DatasetIterator:
+        """grain's `mp_prefetch` iterator whose workers start at `step` (positions + `shift`)."""
+        parent = self._parent
+        start = RampupMapIterDataset(parent._ramp, parent._read_options, parent._allow_nones,
+                                     (step, shift))
+        # grain's own mp_prefetch of that dataset (ours would wrap it once more).
+        return grain.IterDataset.mp_prefetch(start, self._options, self._worker_init_fn)\
+            .__iter__()
+
+    def __iter__(self) -> RampupPrefetchDatasetIterator:
+        return RampupPrefetchDatasetIterator(self, self._parent._ramp)
+
+    def __str__(self) -> str:
+        return f"RampupPrefetchIterDataset(options={self._options})"
+
+
+class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
+    """The iterator of `RampupPrefetchIterDataset`.
+
+    Its state is the core's `{"version", "step", "position", "schedule"}`: the
+    workers build every step from its index alone, so a restore checks the
+    schedule and starts fresh workers at the restored step, whatever their number.
+    """
+
+    def __init__(self, dataset: RampupPrefetchIterDataset, ramp: RampupMapDataset) -> None:
+        super().__init__()
+        self._dataset = dataset
+        self._ramp = ramp
+        batches = ramp.batches
+        self.plan = batches.plan
+        self.process_index, self.process_count = batches.process_index, batches.process_count
+        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self._step = 0
+        self._shift = 0
+        self._workers: grain.DatasetIterator | None = None
+
+    @property
+    def step(self) -> int:
+        """The step of the next batch this iterator yields."""
+        return self._step
+
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self._shift
+
+    def __next__(self) -> Any:
+        if self._workers is None:
+            self._workers = self._dataset.workers_from(self._step, self._shift)
+        batch = next(self._workers)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """The core's state of the next step; JSON-able."""
+        return make_state(self.plan, self._step, self.plan.offset(self._step) + self._shift)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Checks the schedule; the next batch comes from workers started at the state's step."""
+        step, shift = self._ramp.batches.read_state(state)
+        self.close()
+        self._step, self._shift = step, shift
+
+    def close(self) -> None:
+        """Stops grain's worker processes."""
+        workers, self._workers = self._workers, None
+        close = getattr(workers, "close", None)
+        if close is not None:
+            close()
+
+    def __str__(self) -> str:
+        return f"RampupPrefetchDatasetIterator(step={self._step})"
+
+
+class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     """Pulls each step's elements from the parent iterator (the core's `StreamBatcher`).
 
     Its state is `{"version", "step", "position", "schedule", "parent"}`; `set_state`
@@ -189,6 +449,14 @@ class RampupDatasetIterator(grain.DatasetIterator):
         )
         self._name = name
         self._checked_worker = False
+        self.plan = plan
+        self.process_index, self.process_count = process_index, process_count
+        self.drop_remainder = self._batcher.drop_remainder
+
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self._batcher.shift
 
     def _check_not_in_workers(self) -> None:
         # grain sets the worker context after __iter__, so it is read at the first step.
@@ -268,9 +536,9 @@ class RampupIterDataset(grain.IterDataset):
         self._plan = as_plan(schedule)
         self._process_index, self._process_count = process_slice(process_index, process_count)
         self._plan.check_processes(self._process_index, self._process_count)
-        self._drop_remainder = bool(drop_remainder)
-        self._collate = collate
-        self._on_schedule_change = on_schedule_change
+        self._drop_remainder = check_flag(drop_remainder, "drop_remainder")
+        self._collate = check_collate(collate)
+        self._on_schedule_change = check_policy(on_schedule_change)
 
     @property
     def plan(self) -> Plan:

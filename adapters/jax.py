@@ -20,6 +20,7 @@ import functools
 import math
 import queue
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
@@ -28,12 +29,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rampup.batching import STEP_KEY, as_plan
-from rampup.plan import Plan
-from rampup.schedules import Schedule, check_count, nearest_multiples
+from rampup.batching import as_plan
+from rampup.plan import Plan, not_divisible
+from rampup.protocol import ScheduledIterator
+from rampup.schedules import Schedule, check_count
 
 __all__ = [
     "DeviceBatches",
+    "UncheckedSourceWarning",
     "batch_sharding",
     "check_schedule",
     "data_axis_size",
@@ -100,26 +103,20 @@ def _describe(sharding: NamedSharding) -> str:
             f"(mesh shape {dict(sharding.mesh.shape)})")
 
 
-def _nearest(size: int, multiple: int) -> str:
-    return ", ".join(map(str, nearest_multiples(size, multiple)))
-
-
-def _check_size(size: int, step: int | str, sharding: NamedSharding,
-                microbatch_size: int | None) -> None:
-    where = f"step {step}" if isinstance(step, int) else step
-    ways = data_axis_size(sharding)
+def _check_size(size: int, where: str, sharding: NamedSharding,
+                microbatch_size: int | None, fix: str | None = None) -> None:
+    """Raises the core's "not divisible" error when the batch axis cannot split `size`."""
     if microbatch_size is not None:
         if size % microbatch_size:
-            raise ValueError(
-                f"global batch size {size} at {where} is not divisible by microbatch_size="
-                f"{microbatch_size}; nearest valid sizes: {_nearest(size, microbatch_size)} "
-                f"(build the schedule with multiple_of={microbatch_size})")
+            raise not_divisible(size, microbatch_size, where,
+                                f"microbatch_size={microbatch_size}",
+                                fix or f"build the schedule with multiple_of={microbatch_size}")
         return
+    ways = data_axis_size(sharding)
     if size % ways:
-        raise ValueError(
-            f"global batch size {size} at {where} is not divisible by the {_describe(sharding)}; "
-            f"nearest valid sizes: {_nearest(size, ways)} (build the schedule with "
-            f"multiple_of={ways} to catch this when it is built)")
+        raise not_divisible(size, ways, where, f"the {_describe(sharding)}",
+                            fix or f"build the schedule with multiple_of={ways} to catch this "
+                            "when it is built")
 
 
 def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding) -> int | None:
@@ -128,10 +125,9 @@ def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding)
     microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
     ways = data_axis_size(sharding)
     if microbatch_size % ways:
-        raise ValueError(
-            f"microbatch_size={microbatch_size} is not divisible by the {_describe(sharding)}; "
-            f"valid micro-batch sizes are multiples of {ways}: "
-            f"{_nearest(microbatch_size, ways)}")
+        raise not_divisible(microbatch_size, ways, "(microbatch_size)",
+                            f"the {_describe(sharding)}",
+                            "valid micro-batch sizes are multiples of the data axis")
     return microbatch_size
 
 
@@ -166,7 +162,7 @@ def check_schedule(
     microbatch_size = _check_microbatch_size(microbatch_size, sharding)
     for segment in plan.segments(until_step):
         last = "on" if segment.last_step is None else f"to {segment.last_step}"
-        _check_size(segment.size, f"steps {segment.first_step} {last}", sharding,
+        _check_size(segment.size, f"at steps {segment.first_step} {last}", sharding,
                     microbatch_size)
     if microbatch_size is not None:
         return (microbatch_size,)
@@ -197,15 +193,6 @@ def process_layout(sharding: NamedSharding) -> tuple[int, int]:
     return _Layout(starts[0] // local, ways // local)
 
 
-def _source_layout(iterator: Any) -> tuple[int, int] | None:
-    owner = getattr(iterator, "batches", iterator)
-    index = getattr(owner, "process_index", None)
-    count = getattr(owner, "process_count", None)
-    if isinstance(index, int) and isinstance(count, int):
-        return index, count
-    return None
-
-
 class _Converter:
     """Turns one host-local batch into global arrays, after checking its size."""
 
@@ -221,18 +208,18 @@ class _Converter:
             return jax.device_put(batch, self.sharding)
         return jax.make_array_from_process_local_data(self.sharding, batch)
 
-    def __call__(self, step: int, batch: Any) -> Any:
+    def __call__(self, step: str, batch: Any) -> Any:
         leaves = jax.tree_util.tree_leaves(batch)
         if not leaves:
-            raise ValueError(f"the batch at step {step} has no arrays: {batch!r}")
+            raise ValueError(f"the batch at {step} has no arrays: {batch!r}")
         rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
         if len(rows) != 1 or None in rows:
             raise ValueError(
-                f"the leaves of the batch at step {step} do not share a leading batch axis: "
+                f"the leaves of the batch at {step} do not share a leading batch axis: "
                 f"shapes {[np.shape(leaf) for leaf in leaves]}")
         # The local rows are one process's equal share of the global batch (Plan.local_bounds).
         size = rows.pop() * self.layout.process_count
-        _check_size(size, step, self.sharding, self.microbatch_size)
+        _check_size(size, f"at {step}", self.sharding, self.microbatch_size)
         if self.microbatch_size is None:
             return self.place(batch)
         count = size // self.microbatch_size
@@ -242,7 +229,6 @@ class _Converter:
 
 
 class _Item(NamedTuple):
-    step: int
     arrays: Any
     next_step: int
     state: Any
@@ -256,8 +242,13 @@ _END = object()
 _LIVE: weakref.WeakSet[DeviceBatches] = weakref.WeakSet()
 
 
+class UncheckedSourceWarning(UserWarning):
+    """`device_batches` got a foreign iterable: its layout and step cannot be checked."""
+
+
 def _produce(source: Iterator[Any], convert: _Converter, slots: threading.Semaphore,
-             out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int) -> None:
+             out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int,
+             scheduled: bool) -> None:
     """The producer thread. It pulls from the source only once a slot is free, so it
     never runs more than `prefetch` steps ahead of the consumer."""
     try:
@@ -267,7 +258,7 @@ def _produce(source: Iterator[Any], convert: _Converter, slots: threading.Semaph
                     return
             if stop.is_set():
                 return
-            item = _next_item(source, convert, with_state, step)
+            item = _next_item(source, convert, with_state, step, scheduled)
             out.put(item)
             if item is _END:
                 return
@@ -276,21 +267,21 @@ def _produce(source: Iterator[Any], convert: _Converter, slots: threading.Semaph
         out.put(_Failure(error))
 
 
-def _step_of(source: Iterator[Any], fallback: int) -> int:
-    step = getattr(source, "step", None)
-    return step if isinstance(step, int) else fallback
+def _where(step: int, scheduled: bool) -> str:
+    return f"step {step}" if scheduled else (
+        f"batch {step} of this iterator (a foreign source does not say its step)")
 
 
-def _next_item(source: Iterator[Any], convert: _Converter, with_state: bool, step: int) -> Any:
-    """Pulls, checks and transfers the batch of `step` (the source's own `step` wins)."""
-    step = _step_of(source, step)
+def _next_item(source: Iterator[Any], convert: _Converter, with_state: bool, step: int,
+               scheduled: bool) -> Any:
+    """Pulls, checks and transfers the next batch; `step` is the source's (or a count)."""
     try:
         batch = next(source)
     except StopIteration:
         return _END
-    arrays = convert(step, batch)
-    return _Item(step, arrays, _step_of(source, step + 1),
-                 source.get_state() if with_state else None)
+    arrays = convert(_where(step, scheduled), batch)
+    next_step = source.step if scheduled else step + 1  # type: ignore[attr-defined]
+    return _Item(arrays, next_step, source.get_state() if with_state else None)
 
 
 class DeviceBatches(Iterator[Any]):
@@ -310,26 +301,49 @@ class DeviceBatches(Iterator[Any]):
         self.prefetch = check_count(prefetch, "prefetch")
         self.microbatch_size = _check_microbatch_size(microbatch_size, sharding)
         self._convert = _Converter(sharding, self.microbatch_size)
-        layout = _source_layout(self.source)
-        if layout is not None and tuple(layout) != tuple(self._convert.layout):
-            raise ValueError(
-                f"the batches are built for process_index={layout[0]}, process_count="
-                f"{layout[1]}, but the sharding places this process's rows at process_index="
-                f"{self._convert.layout.process_index}, process_count="
-                f"{self._convert.layout.process_count}; build them with those values "
-                "(rampup.adapters.jax.process_layout(sharding) gives them)")
+        self._scheduled = isinstance(self.source, ScheduledIterator)
+        if self._scheduled:
+            self._check_source(self.source)
+        else:
+            warnings.warn(
+                f"device_batches got a {type(self.source).__name__}, not a rampup batch iterator "
+                "(RampupBatches, StreamBatcher, the grain or torch adapters' iterators): it cannot "
+                "check that the batches were built for this process's place in the sharding "
+                f"(process_layout(sharding) = {tuple(self._convert.layout)}), nor the schedule up "
+                "front, nor name the step in errors. Each batch's rows are still checked against "
+                "the data axis", UncheckedSourceWarning, stacklevel=3)
         self._with_state = callable(getattr(self.source, "get_state", None))
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._slots = threading.Semaphore(self.prefetch)
         self._closed = False
         self._done = False
-        self._step = _step_of(self.source, 0)
+        self._step = self.source.step if self._scheduled else 0  # type: ignore[attr-defined]
         self._state = self.source.get_state() if self._with_state else None
         _LIVE.add(self)
 
+    def _check_source(self, source: ScheduledIterator) -> None:
+        """The source's layout must be the sharding's; every size it yields must split."""
+        layout = tuple(self._convert.layout)
+        if source.layout != layout:
+            raise ValueError(
+                f"the batches are built for process_index={source.process_index}, process_count="
+                f"{source.process_count}, but the sharding places this process's rows at "
+                f"process_index={layout[0]}, process_count={layout[1]}; build them with those "
+                "values (rampup.adapters.jax.process_layout(sharding) gives them)")
+        last = source.last_batch()
+        until = None if last is None else last[0]
+        if until is not None or source.plan.schedule.segmented:
+            check_schedule(source.plan, self.sharding, until_step=until,
+                           microbatch_size=self.microbatch_size)
+        if last is not None:
+            _check_size(last[1], f"in the last batch (step {last[0]}, cut short by the end of "
+                        "the data)", self.sharding, self.microbatch_size,
+                        "pass drop_remainder=True, or a source length that leaves a divisible "
+                        "remainder")
+
     @property
     def step(self) -> int:
-        """The step the next batch belongs to."""
+        """The step the next batch belongs to (for a foreign source: batches delivered)."""
         return self._step
 
     def _start(self) -> None:
@@ -339,7 +353,7 @@ class DeviceBatches(Iterator[Any]):
         self._thread = threading.Thread(
             target=_produce, name="rampup-device-batches", daemon=True,
             args=(self.source, self._convert, self._slots, self._queue, self._stop,
-                  self._with_state, self._step))
+                  self._with_state, self._step, self._scheduled))
         self._thread.start()
 
     def _take(self) -> Any:
@@ -356,7 +370,8 @@ class DeviceBatches(Iterator[Any]):
         if self._closed or self._done:
             raise StopIteration
         if self.prefetch == 0:
-            item = _next_item(self.source, self._convert, self._with_state, self._step)
+            item = _next_item(self.source, self._convert, self._with_state, self._step,
+                              self._scheduled)
         else:
             if self._thread is None:
                 self._start()
@@ -385,7 +400,12 @@ class DeviceBatches(Iterator[Any]):
         return self._state
 
     def set_state(self, state: Any) -> None:
-        """Drops the batches built ahead and continues the source from `state`."""
+        """Drops the batches built ahead and continues the source from `state`.
+
+        Waits for the producer to leave the source first, however slow the
+        source is: a producer still inside it would advance it past the
+        restored position.
+        """
         set_state = getattr(self.source, "set_state", None)
         if set_state is None:
             raise TypeError(f"the batch source ({type(self.source).__name__}) has no "
@@ -393,21 +413,30 @@ class DeviceBatches(Iterator[Any]):
         self._stop_thread()
         set_state(state)
         self._done = False
-        saved = state.get(STEP_KEY) if isinstance(state, dict) else None
-        self._step = _step_of(self.source, saved if isinstance(saved, int) else 0)
+        self._step = self.source.step if self._scheduled else 0  # type: ignore[attr-defined]
         self._state = self.source.get_state() if self._with_state else state
 
-    def _stop_thread(self) -> None:
-        thread, self._thread = self._thread, None
+    def _stop_thread(self, timeout: float | None = None) -> bool:
+        """Stops the producer; True once it has left the source."""
+        thread = self._thread
         if thread is None:
-            return
+            return True
         self._stop.set()
-        thread.join(timeout=10)
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = None
+        return True
 
-    def close(self) -> None:
-        """Stops the producer thread and drops the batches built ahead."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stops the producer thread and drops the batches built ahead.
+
+        Args:
+          timeout: seconds to wait for a producer inside a slow source; None
+            waits until it leaves, so the source is never advanced after close.
+        """
         self._closed = True
-        self._stop_thread()
+        self._stop_thread(timeout)
 
     def __enter__(self) -> DeviceBatches:
         return self
@@ -425,9 +454,10 @@ class DeviceBatches(Iterator[Any]):
 
 @atexit.register
 def _close_all() -> None:
-    # A producer still inside an XLA call while the interpreter tears down can abort it.
+    # A producer still inside an XLA call while the interpreter tears down can abort it;
+    # one stuck in a source must not hang the exit.
     for batches in list(_LIVE):
-        batches.close()
+        batches.close(timeout=10)
 
 
 def device_batches(

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from rampup.batching import RampupBatches, as_plan
+from rampup.batching import as_plan
 from rampup.collate import spec
 from rampup.plan import Plan
-from rampup.schedules import Schedule, check_count
+from rampup.protocol import ScheduledIterator
+from rampup.schedules import Schedule, check_flag
 
 __all__ = ["rampup_batch", "to_tf_dataset"]
 
@@ -76,14 +77,14 @@ def _paths(batch: Any, prefix: str = "") -> Any:
     return prefix
 
 
-def _check_signature(signature: Any, batch: Any, step: int) -> None:
+def _check_signature(signature: Any, batch: Any, step: str) -> None:
     """Raises ValueError where `signature` does not describe `batch`, the batch at `step`."""
     inferred = tf.nest.map_structure(_leaf_spec, batch)
     try:
         tf.nest.assert_same_structure(signature, batch, check_types=False)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            f"output_signature does not match the structure of the batch at step {step}: the "
+            f"output_signature does not match the structure of the batch at {step}: the "
             f"signature is {signature!r}, the batch is {spec(batch)}. Leave output_signature=None "
             f"to infer {inferred!r}"
         ) from e
@@ -98,52 +99,56 @@ def _check_signature(signature: Any, batch: Any, step: int) -> None:
         if not ok:
             where = path or "the batch itself"
             raise ValueError(
-                f"output_signature does not match the batch at step {step} at {where}: the "
+                f"output_signature does not match the batch at {step} at {where}: the "
                 f"signature gives {want!r}, the batch has {leaf.dtype}{list(leaf.shape)}. Valid "
                 f"here: {_leaf_spec(leaf)!r} (batch dimension None); leave output_signature=None "
                 "to infer the whole signature"
             )
 
 
-def _iterators(batches: Any, start_step: int) -> Callable[[], Iterator[Any]]:
-    """A factory of iterators over `batches` that start at `start_step`."""
-    source = getattr(batches, "batches", batches)  # the grain adapter keeps its RampupBatches
-    if isinstance(source, RampupBatches) or hasattr(source, "iter_from"):
-        return lambda: source.iter_from(start_step)
-    if start_step:
-        raise ValueError(
-            f"start_step={start_step}: a {type(batches).__name__} cannot seek to a step (it has "
-            "no iter_from). Restore its state with set_state() and pass start_step=0, or batch a "
-            "random-access source with RampupBatches, which starts at any step"
-        )
+def _iterators(batches: Any) -> Callable[[], Iterator[Any]]:
+    """A factory of the iterators that each iteration of the dataset reads."""
+    if isinstance(batches, Iterator):
+        # A rampup iterator (restored with set_state, or from iter_from(k)) or any other
+        # iterator: every iteration goes on where it stands.
+        return lambda: batches
     if not isinstance(batches, Iterable):
         raise TypeError(
-            f"to_tf_dataset needs a rampup batch source (RampupBatches, StreamBatcher, an "
-            f"iterable of NumPy batches), got {type(batches).__name__}"
+            f"to_tf_dataset needs a rampup batch source (RampupBatches, one of its iterators, a "
+            f"StreamBatcher, a grain adapter dataset or its iterator) or any iterable of NumPy "
+            f"batches, got {type(batches).__name__}"
         )
+    # RampupBatches, a grain RampupMapDataset, any iterable: each iteration starts afresh.
     return lambda: iter(batches)
+
+
+def _unchecked(iterator: Iterator[Any]) -> str:
+    """What the dataset cannot promise about a foreign iterator, for its error messages."""
+    if isinstance(iterator, ScheduledIterator):
+        return f"step {iterator.step}"
+    return f"the first batch of {type(iterator).__name__} (not a rampup iterator: its step is " \
+        "unknown)"
 
 
 def to_tf_dataset(
     batches: Any,
     *,
     output_signature: Any = None,
-    start_step: int = 0,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` over a rampup batch source, from a generator.
 
     The first batch is built at once to infer (or check) the signature; it is
-    handed to the first iteration, not built twice. A `RampupBatches` source
-    restarts at `start_step` on every iteration of the dataset; a stream (a
-    `StreamBatcher`, any iterator) goes on where it stopped.
+    handed to the first iteration, not built twice. An iterator (a rampup
+    iterator from `iter_from(k)` or restored with `set_state`, a `StreamBatcher`,
+    any iterator) is read from where it stands, and every iteration of the
+    dataset goes on from there. An iterable (`RampupBatches`, a grain
+    `RampupMapDataset`) starts afresh at step 0 on every iteration.
 
     Args:
-      batches: a `RampupBatches`, a `StreamBatcher`, a grain adapter dataset, or
-        any iterable of NumPy batch pytrees (dicts, tuples, lists, namedtuples;
-        lists come out as tuples).
+      batches: a rampup batch source or any iterable of NumPy batch pytrees
+        (dicts, tuples, lists, namedtuples; lists come out as tuples).
       output_signature: the `tf.TensorSpec` pytree of one batch; None infers it
         from the first batch, with `None` as the batch dimension.
-      start_step: the first step; a training job resumes from its step.
 
     Returns:
       The dataset; its `element_spec` has `None` as the batch dimension unless
@@ -151,25 +156,24 @@ def to_tf_dataset(
 
     Raises:
       ValueError: `output_signature` does not match the first batch; the source
-        is empty and no signature is given; `start_step` on a source that
-        cannot seek.
+        is empty and no signature is given.
     """
-    start_step = check_count(start_step, "start_step")
-    make = _iterators(batches, start_step)
+    make = _iterators(batches)
     first_iterator = make()
+    where = _unchecked(first_iterator)
     try:
         first = _as_nest(next(first_iterator))
     except StopIteration:
         if output_signature is None:
             raise ValueError(
-                f"the batch source has no batch at step {start_step}, so no signature can be "
+                f"the batch source has no batch at {where}, so no signature can be "
                 "inferred; pass output_signature=..."
             ) from None
         return tf.data.Dataset.from_generator(lambda: iter(()), output_signature=output_signature)
     if output_signature is None:
         output_signature = tf.nest.map_structure(_leaf_spec, first)
     else:
-        _check_signature(output_signature, first, start_step)
+        _check_signature(output_signature, first, where)
     handoff = [(first, first_iterator)]
 
     def generate() -> Iterator[Any]:
@@ -261,6 +265,7 @@ def rampup_batch(
     """
     if not isinstance(ds, tf.data.Dataset):
         raise TypeError(f"rampup_batch needs a tf.data.Dataset of samples, got {type(ds).__name__}")
+    drop_remainder = check_flag(drop_remainder, "drop_remainder")
     plan = _segmented_plan(schedule)
     segments = plan.segments()
     rows, replica_sizes = _replica_split(plan, input_context)

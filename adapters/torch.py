@@ -11,7 +11,7 @@ puts them back in order, so every `W` yields the `W = 0` sequence. The core
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,14 @@ from rampup.batching import (
     RampupBatches,
     StreamBatcher,
     as_plan,
+    check_collate,
+    check_policy,
     make_state,
     read_state,
 )
 from rampup.plan import Plan
-from rampup.schedules import Schedule, check_count
+from rampup.protocol import ScheduledIterator
+from rampup.schedules import Schedule, check_count, check_flag
 
 __all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors"]
 
@@ -76,30 +79,47 @@ def _distributed_default(value: int | None, query: Callable[[], int], fallback: 
     return fallback
 
 
-class RampupIterator(Iterator[Any]):
+class RampupIterator(ScheduledIterator):
     """The batches one DataLoader worker (or the main process) yields.
 
-    `state_dict()` is the core's state of this worker's next step
-    (`{"version", "step", "position", "schedule"}`), and `load_state_dict()`
-    continues from it with the worker's stride kept: this is what torchdata's
+    `get_state()` is the core's state of this worker's next step
+    (`{"version", "step", "position", "schedule"}`), and `set_state()`
+    continues from it with the worker's stride kept; `state_dict()` and
+    `load_state_dict()` are their torch names, which torchdata's
     `StatefulDataLoader` saves and restores per worker.
     """
 
     def __init__(self, batches: BatchIterator | StreamBatcher, convert: bool) -> None:
         self.batches = batches
         self.convert = convert
+        self.plan = batches.plan
+        self.process_index, self.process_count = batches.layout
+        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+
+    @property
+    def step(self) -> int:
+        """The step of the next batch this iterator yields."""
+        return self.batches.step
+
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self.batches.shift
 
     def __next__(self) -> Any:
         batch = next(self.batches)
         return as_tensors(batch) if self.convert else batch
 
-    def state_dict(self) -> dict[str, Any]:
+    def get_state(self) -> dict[str, Any]:
         """The state of the next batch this iterator builds; JSON-serializable."""
         return self.batches.get_state()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Continues from a state written by `state_dict()`."""
-        self.batches.set_state(state_dict)
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from a state written by `get_state()`."""
+        self.batches.set_state(state)
+
+    state_dict = get_state
+    load_state_dict = set_state
 
 
 class RampupIterableDataset(IterableDataset):
@@ -109,6 +129,11 @@ class RampupIterableDataset(IterableDataset):
     yields exactly the `W = 0` sequence for a map-style source; an
     iterable-only source needs `W <= 1`.
 
+    Where the next iteration starts (step 0, `set_step`, `set_state` /
+    `load_state_dict`) lives in shared memory, so DataLoader workers see it
+    even with `persistent_workers=True`, whose workers keep their own copy of
+    the dataset from one epoch to the next.
+
     Args:
       source: a map-style source (`__len__` and `__getitem__`: a torch map-style
         `Dataset`, a NumPy array, a list, a grain `MapDataset`), read by random
@@ -116,7 +141,7 @@ class RampupIterableDataset(IterableDataset):
         already sharded per rank, no shuffle, no seeking).
       schedule: a `rampup.Schedule` or `rampup.Plan`.
       shuffle: shuffle the source anew in every epoch (map-style only).
-      seed: the shuffle seed; every rank and worker must use the same one.
+      seed: the shuffle seed, an int; every rank and worker must use the same one.
       num_epochs: end after this many passes over a map-style source; None is endless.
       drop_remainder: leave out a last partial batch.
       collate: turns a list of elements into a batch. Its output is yielded as
@@ -125,6 +150,7 @@ class RampupIterableDataset(IterableDataset):
         the process group is initialized, else 0.
       world_size: how many processes split every global batch; default
         `torch.distributed.get_world_size()` when initialized, else 1.
+      on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
     """
 
     def __init__(
@@ -133,26 +159,35 @@ class RampupIterableDataset(IterableDataset):
         schedule: Schedule | Plan,
         *,
         shuffle: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,
         num_epochs: int | None = None,
         drop_remainder: bool = False,
         collate: Callable[[list[Any]], Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        on_schedule_change: str = "raise",
     ) -> None:
         super().__init__()
+        if source is None:
+            raise TypeError("RampupIterableDataset needs a source: a map-style dataset (with "
+                            "__len__ and __getitem__) or an iterable of elements, got None")
+        shuffle = check_flag(shuffle, "shuffle")
+        if shuffle and seed is None:
+            raise TypeError("shuffle=True needs an int seed (the same on every rank and worker),"
+                            " got seed=None")
         self.rank = _distributed_default(rank, dist.get_rank, 0)
         self.world_size = _distributed_default(world_size, dist.get_world_size, 1)
-        self.collate = collate
-        self.drop_remainder = bool(drop_remainder)
-        self._step = 0
-        self._position: int | None = None
+        self.collate = check_collate(collate)
+        self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
+        self.on_schedule_change = check_policy(on_schedule_change)
+        # [step, shift] of the next iteration's start, shared with the workers.
+        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
         if _is_map_style(source):
             self.source = None
             self.batches: RampupBatches | None = RampupBatches(
                 source, schedule, shuffle_seed=seed if shuffle else None, num_epochs=num_epochs,
                 drop_remainder=drop_remainder, collate=collate, process_index=self.rank,
-                process_count=self.world_size)
+                process_count=self.world_size, on_schedule_change=on_schedule_change)
             self.plan = self.batches.plan
             return
         for name, value in (("shuffle", shuffle), ("num_epochs", num_epochs)):
@@ -161,6 +196,9 @@ class RampupIterableDataset(IterableDataset):
                     f"{name}={value!r} needs a map-style source (with __len__ and __getitem__), "
                     f"but the source ({type(source).__name__}) can only be iterated: shuffle and "
                     "bound the stream itself, or pass a map-style source")
+        if not isinstance(source, Iterable):
+            raise TypeError(f"RampupIterableDataset needs a map-style dataset or an iterable, "
+                            f"got {type(source).__name__}")
         self.source = source
         self.batches = None
         self.plan = as_plan(schedule)
@@ -169,40 +207,46 @@ class RampupIterableDataset(IterableDataset):
     @property
     def step(self) -> int:
         """The step the next iteration starts at."""
-        return self._step
+        return int(self._start[0])
 
     def set_step(self, step: int) -> None:
         """Makes the next iteration start at global batch `step` (the training loop's step).
+
+        The torch-side name of `set_state` with the state of step `step`.
 
         Raises:
           TypeError: the source can only be iterated, and a stream cannot seek.
         """
         step = check_count(step, "step")
-        if self.batches is None and step:
-            self._refuse_seek(step)
-        self._step, self._position = step, None
+        self.set_state(make_state(self.plan, step, self.plan.offset(step)))
 
-    def state_dict(self) -> dict[str, Any]:
+    def get_state(self) -> dict[str, Any]:
         """The core state of the step the next iteration starts at; JSON-serializable.
 
         The progress of a running iteration lives in its `RampupIterator`s, one
         per worker, which torchdata's `StatefulDataLoader` saves.
         """
-        if self.batches is None:
-            return make_state(self.plan, self._step, self.plan.offset(self._step))
-        return self.batches.iter_from(self._step, position=self._position).get_state()
+        step, shift = (int(v) for v in self._start)
+        return make_state(self.plan, step, self.plan.offset(step) + shift)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Makes the next iteration start where `state_dict` (from `state_dict()`) says.
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Makes the next iteration start where `state` (from `get_state()`) says.
 
         Raises:
           ValueError: the state is not a rampup state, or was written under another schedule.
+          TypeError: the source can only be iterated and the state is not at step 0.
         """
-        policy = "raise" if self.batches is None else self.batches.on_schedule_change
-        step, position = read_state(state_dict, self.plan, policy)
-        if self.batches is None and step:
-            self._refuse_seek(step)
-        self._step, self._position = step, position
+        if self.batches is not None:
+            step, shift = self.batches.read_state(state)
+        else:
+            step, position = read_state(state, self.plan, self.on_schedule_change)
+            shift = position - self.plan.offset(step)
+            if step or shift:
+                self._refuse_seek(step)
+        self._start[0], self._start[1] = step, shift
+
+    state_dict = get_state
+    load_state_dict = set_state
 
     def _refuse_seek(self, step: int) -> None:
         raise TypeError(
@@ -217,8 +261,7 @@ class RampupIterableDataset(IterableDataset):
         convert = self.collate is None
         if self.batches is not None:
             return RampupIterator(self.batches.iter_from(
-                self._step, position=self._position, worker_index=worker_index,
-                worker_count=worker_count), convert)
+                self.get_state(), worker_index=worker_index, worker_count=worker_count), convert)
         if worker_count > 1:
             raise ValueError(
                 f"RampupIterableDataset over an iterable-only source ({type(self.source).__name__})"
@@ -229,17 +272,19 @@ class RampupIterableDataset(IterableDataset):
                 "random access")
         stream = StreamBatcher(iter(self.source), self.plan, drop_remainder=self.drop_remainder,
                                collate=self.collate, process_index=self.rank,
-                               process_count=self.world_size)
+                               process_count=self.world_size,
+                               on_schedule_change=self.on_schedule_change)
         return RampupIterator(stream, convert)
 
     def __len__(self) -> int:
         """How many batches an iteration from the current start step yields (finite only)."""
         if self.batches is None:
             raise TypeError("a RampupIterableDataset over an iterable-only source has no len()")
-        return max(0, len(self.batches) - self._step)
+        last = self.plan.last_batch(self.batches.end, self.drop_remainder, int(self._start[1]))
+        return 0 if last is None else max(0, last[0] + 1 - self.step)
 
     def __repr__(self) -> str:
         kind = repr(self.batches) if self.batches is not None else (
             f"stream of {type(self.source).__name__}")
         return (f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
-                f"start step {self._step})")
+                f"start step {self.step})")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from rampup.collate import default_collate
-from rampup.plan import Plan
-from rampup.schedules import Schedule, check_count, nearest_multiples
+from rampup.plan import Plan, WorkerStride
+from rampup.protocol import ScheduledIterator
+from rampup.schedules import Schedule, check_count, check_flag
 
 STATE_VERSION = 1
 VERSION_KEY = "version"
@@ -35,12 +36,21 @@ def as_plan(schedule: Schedule | Plan) -> Plan:
 
 def check_policy(on_schedule_change: str) -> str:
     """Validates the `on_schedule_change` argument."""
-    if on_schedule_change not in SCHEDULE_CHANGE_POLICIES:
+    if not isinstance(on_schedule_change, str) or (
+            on_schedule_change not in SCHEDULE_CHANGE_POLICIES):
         raise ValueError(
             f"on_schedule_change={on_schedule_change!r} is not valid; valid: "
             f"{', '.join(map(repr, SCHEDULE_CHANGE_POLICIES))}"
         )
     return on_schedule_change
+
+
+def check_collate(collate: Any) -> Callable[[list[Any]], Any] | None:
+    """Validates a `collate=` argument when a dataset is built, not at its first batch."""
+    if collate is not None and not callable(collate):
+        raise TypeError(f"collate must be a callable that turns a list of elements into a "
+                        f"batch (or None for rampup.default_collate), got {collate!r}")
+    return collate
 
 
 def make_state(plan: Plan, step: int, position: int, **extra: Any) -> dict[str, Any]:
@@ -131,29 +141,23 @@ class RampupBatches:
         self.length = len(source)
         if self.length < 1:
             raise ValueError(f"the source is empty (len {self.length}); nothing to batch")
+        self.wrap = check_flag(wrap, "wrap")
         if shuffle_seed is not None:
             shuffle_seed = check_count(shuffle_seed, "shuffle_seed")
-            if not wrap:
+            if not self.wrap:
                 raise ValueError("shuffle_seed needs wrap=True; with wrap=False the source "
                                  "decides the order of every epoch itself")
         self.shuffle_seed = shuffle_seed
         self.end = None if num_epochs is None else check_count(num_epochs, "num_epochs", 1) * (
             self.length)
         self.num_epochs = num_epochs
-        self.drop_remainder = bool(drop_remainder)
-        self.collate = collate
+        self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
+        self.collate = check_collate(collate)
         self.process_index, self.process_count = self.plan.check_processes(
             process_index, process_count, until_step=0)
         self.on_schedule_change = check_policy(on_schedule_change)
-        self.wrap = bool(wrap)
         # Fail at start-up, not when training reaches a size the processes cannot split.
-        full_steps = None if self.end is None else len(self)
-        if full_steps and not self.drop_remainder:
-            start, stop = self.plan.bounds(full_steps - 1)
-            if stop > self.end:
-                self._partial_share(full_steps - 1, start)
-                full_steps -= 1
-        self.plan.check_processes(self.process_index, self.process_count, full_steps)
+        self.check_end()
 
     @property
     def schedule(self) -> Schedule:
@@ -165,39 +169,30 @@ class RampupBatches:
             raise TypeError("endless RampupBatches (num_epochs=None) has no len()")
         return self.plan.num_batches(self.end, self.drop_remainder)
 
+    def check_end(self, shift: int = 0) -> None:
+        """Checks, up front, that every batch this process will build splits evenly.
+
+        Every full batch up to the end of the data, and the last partial one,
+        whose size depends on `shift` (a restore that kept its data position).
+        """
+        last = None if self.end is None else self.plan.last_batch(
+            self.end, self.drop_remainder, shift)
+        if last is None:
+            self.plan.check_processes(self.process_index, self.process_count,
+                                      None if self.end is None else 0)
+            return
+        step, _ = last
+        self.plan.check_processes(self.process_index, self.process_count, step)
+        self.window(step, shift)
+
     def window(self, step: int, shift: int = 0) -> tuple[int, int] | None:
         """This process's stream positions `[start, stop)` at `step`, None past the end.
 
-        `shift` moves the whole stream: a restore under a changed schedule keeps
-        its data position, so its positions are `offset + shift`.
+        `shift` moves the whole stream (see `Plan.local_window`).
         """
-        if self.end is not None:
-            global_start, global_stop = self.plan.bounds(step)
-            global_start, global_stop = global_start + shift, global_stop + shift
-            if global_start >= self.end or (self.drop_remainder and global_stop > self.end):
-                return None
-            if global_stop > self.end:
-                share = self._partial_share(step, global_start)
-                return (global_start + self.process_index * share,
-                        global_start + (self.process_index + 1) * share)
-        start, stop = self.plan.local_bounds(step, self.process_index, self.process_count)
-        return start + shift, stop + shift
-
-    def _partial_share(self, step: int, global_start: int) -> int:
-        """Each process's even share of a batch cut short by the end of the data.
-
-        Every process must hold the same number of rows (a global array is
-        assembled from equal slices), so a remainder that does not split raises.
-        """
-        remainder = self.end - global_start
-        if remainder % self.process_count:
-            valid = ", ".join(map(str, nearest_multiples(remainder, self.process_count)))
-            raise ValueError(
-                f"the last batch (step {step}) holds {remainder} samples, which "
-                f"process_count={self.process_count} processes cannot split evenly "
-                f"(a multiple of {self.process_count} would: {valid}); pass "
-                f"drop_remainder=True, or a source length that leaves a divisible remainder")
-        return remainder // self.process_count
+        return self.plan.local_window(step, self.process_index, self.process_count,
+                                      end=self.end, drop_remainder=self.drop_remainder,
+                                      shift=shift)
 
     def indices(self, start: int, stop: int) -> np.ndarray:
         """The source indices of stream positions `[start, stop)`."""
@@ -222,26 +217,33 @@ class RampupBatches:
         elements = [self.source[i] for i in idx.tolist()]
         return (self.collate or default_collate)(elements)
 
-    def __getitem__(self, step: int) -> Any:
-        window = self.window(step)
+    def batch(self, step: int, shift: int = 0) -> Any:
+        """This process's slice of batch `step` (positions moved by `shift`).
+
+        Raises:
+          IndexError: the step lies past the end of the data.
+        """
+        window = self.window(step, shift)
         if window is None:
             raise IndexError(f"step {step} is past the end: there are {len(self)} batches")
         return self.fetch(*window)
 
+    def __getitem__(self, step: int) -> Any:
+        return self.batch(step)
+
     def iter_from(
         self,
-        step: int = 0,
+        start: int | dict[str, Any] = 0,
         *,
-        position: int | None = None,
         worker_index: int = 0,
         worker_count: int = 1,
     ) -> BatchIterator:
-        """An iterator from `step` on, in O(1) whatever the step.
+        """An iterator from a step, or from a state, in O(1) whatever the step.
 
         Args:
-          step: the first step to build.
-          position: the stream position of `step`'s batch; default `O(step)`.
-            A restore under a changed schedule passes the saved position.
+          start: the first step; or a state from `get_state()`, whose step and
+            data position the iteration starts at (a restore under a changed
+            schedule keeps the position, as `on_schedule_change` allows).
           worker_index: this worker's index; it builds the steps `k >= step`
             with `(k - step) % worker_count == worker_index`.
           worker_count: how many workers share the iteration.
@@ -249,8 +251,19 @@ class RampupBatches:
         Returns:
           A `BatchIterator` with `get_state()` and `set_state()`.
         """
-        return BatchIterator(self, step, position=position, worker_index=worker_index,
-                             worker_count=worker_count)
+        shift = 0
+        if isinstance(start, dict):
+            start, shift = self.read_state(start)
+        stride = WorkerStride.checked(start, worker_index, worker_count)
+        return BatchIterator(self, stride, shift)
+
+    def read_state(self, state: dict[str, Any]) -> tuple[int, int]:
+        """The `(step, shift)` of a state, checked against this schedule and the data's end."""
+        step, position = read_state(state, self.plan, self.on_schedule_change)
+        shift = position - self.plan.offset(step)
+        if shift:
+            self.check_end(shift)
+        return step, shift
 
     def __iter__(self) -> BatchIterator:
         return self.iter_from(0)
@@ -261,37 +274,33 @@ class RampupBatches:
                 f"{self.process_count})")
 
 
-class BatchIterator(Iterator[Any]):
-    """Iterates a `RampupBatches` from a step; its state restores in O(1)."""
+class BatchIterator(ScheduledIterator):
+    """Iterates a `RampupBatches` from a step; its state restores in O(1).
 
-    def __init__(
-        self,
-        batches: RampupBatches,
-        step: int = 0,
-        *,
-        position: int | None = None,
-        worker_index: int = 0,
-        worker_count: int = 1,
-    ) -> None:
+    Args:
+      batches: the random-access batches.
+      stride: the steps this iterator builds (all of them, or one worker's).
+      shift: the data position's distance from the plan's offsets.
+    """
+
+    def __init__(self, batches: RampupBatches, stride: WorkerStride, shift: int = 0) -> None:
         self.batches = batches
-        self.worker_count = check_count(worker_count, "worker_count", 1)
-        self.worker_index = check_count(worker_index, "worker_index")
-        if self.worker_index >= self.worker_count:
-            raise ValueError(f"worker_index={worker_index} is not valid for worker_count="
-                             f"{worker_count}")
-        step = check_count(step, "step")
-        self._reset(step, position)
-        self._step += self.worker_index
-
-    def _reset(self, step: int, position: int | None) -> None:
-        offset = self.batches.plan.offset(step)
-        self._shift = 0 if position is None else check_count(position, "position") - offset
-        self._step = step
+        self.plan = batches.plan
+        self.process_index, self.process_count = batches.process_index, batches.process_count
+        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self.worker_count = stride.count
+        self._step = stride.step(0)
+        self._shift = shift
 
     @property
     def step(self) -> int:
         """The step the next batch belongs to."""
         return self._step
+
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self._shift
 
     def __next__(self) -> Any:
         window = self.batches.window(self._step, self._shift)
@@ -303,19 +312,20 @@ class BatchIterator(Iterator[Any]):
 
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
-        plan = self.batches.plan
-        return make_state(plan, self._step, plan.offset(self._step) + self._shift)
+        return make_state(self.plan, self._step, self.plan.offset(self._step) + self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1), keeping the stride."""
-        step, position = read_state(state, self.batches.plan, self.batches.on_schedule_change)
-        self._reset(step, position)
+        self._step, self._shift = self.batches.read_state(state)
 
 
-class StreamBatcher(Iterator[Any]):
+class StreamBatcher(ScheduledIterator):
     """Batches an iterator by a schedule, pulling `B(k) / process_count` items per step.
 
-    The iterator is this process's share of the stream (already sharded).
+    The iterator is this process's share of the stream (already sharded). If the
+    parent raises in the middle of a batch, the elements already pulled are kept
+    and the next call goes on from them, and `get_state()` keeps pointing at the
+    start of that batch, so no element is lost or skipped.
 
     Args:
       iterator: any iterable; its iterator's `get_state`/`set_state`, when it
@@ -339,25 +349,39 @@ class StreamBatcher(Iterator[Any]):
         process_count: int = 1,
         on_schedule_change: str = "raise",
     ) -> None:
+        if iterator is None:
+            raise TypeError("StreamBatcher needs an iterable of elements, got None")
         self.parent = iter(iterator)
         self.plan = as_plan(schedule)
-        self.drop_remainder = bool(drop_remainder)
-        self.collate = collate or default_collate
+        self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
+        self.collate = check_collate(collate) or default_collate
         self.process_index, self.process_count = self.plan.check_processes(
             process_index, process_count)
         self.on_schedule_change = check_policy(on_schedule_change)
         self._step = 0
         self._shift = 0
+        self._pending: list[Any] = []
+        self._pending_state: Any = None
 
     @property
     def step(self) -> int:
         """The step the next batch belongs to."""
         return self._step
 
+    @property
+    def shift(self) -> int:
+        """The data position's distance from the plan's offsets."""
+        return self._shift
+
     def __next__(self) -> Any:
         start, stop = self.plan.local_bounds(self._step, self.process_index, self.process_count)
         wanted = stop - start
-        elements = list(itertools.islice(self.parent, wanted))
+        if not self._pending:
+            # The parent's state before this batch: what get_state() reports until it is done.
+            get_state = getattr(self.parent, "get_state", None)
+            self._pending_state = get_state() if get_state is not None else None
+        self._pending.extend(itertools.islice(self.parent, wanted - len(self._pending)))
+        elements, self._pending = self._pending, []
         if not elements or (self.drop_remainder and len(elements) < wanted):
             raise StopIteration
         batch = self.collate(elements)
@@ -378,6 +402,8 @@ class StreamBatcher(Iterator[Any]):
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule", "parent"}`; JSON-able if the parent's is."""
         parent_state = self._parent_method("get_state")()
+        if self._pending:
+            parent_state = self._pending_state
         position = self.plan.offset(self._step) + self._shift
         return make_state(self.plan, self._step, position, **{PARENT_KEY: parent_state})
 
@@ -387,3 +413,4 @@ class StreamBatcher(Iterator[Any]):
         self._parent_method("set_state")(state[PARENT_KEY])
         self._step = step
         self._shift = position - self.plan.offset(step)
+        self._pending = []

@@ -192,12 +192,9 @@ def build_tf(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     from rampup.adapters.tf import to_tf_dataset
 
     batches = RampupBatches(SyntheticDataset(), schedule, shuffle_seed=SEED)
-    start = 0
-    if state is not None:
-        restored = batches.iter_from(0)
-        restored.set_state(state)  # checks the version and the schedule's fingerprint
-        start = restored.step
-    dataset = to_tf_dataset(batches, start_step=start).prefetch(tf.data.AUTOTUNE)
+    # A state restores the version, the schedule's fingerprint and the data position.
+    iterator = batches.iter_from(state if state is not None else 0)
+    dataset = to_tf_dataset(iterator).prefetch(tf.data.AUTOTUNE)
     w = tf.Variable(tf.zeros((SEQUENCE_LENGTH, SEQUENCE_LENGTH)))
 
     @tf.function

@@ -130,6 +130,67 @@ class Plan:
         share = _share(stop - start, step, process_count)
         return start + process_index * share, start + (process_index + 1) * share
 
+    def local_window(
+        self,
+        step: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        *,
+        end: int | None = None,
+        drop_remainder: bool = False,
+        shift: int = 0,
+    ) -> tuple[int, int] | None:
+        """This process's positions `[start, stop)` of batch `step` in a stream that may end.
+
+        Args:
+          step: the step.
+          process_index: this process's index among `process_count`.
+          process_count: how many processes split every global batch.
+          end: the position where the data ends; None for an endless stream.
+          drop_remainder: a batch cut short by `end` is left out.
+          shift: moves the whole stream: a restore under a changed schedule keeps
+            its data position, so batch `step` holds `[O(step) + shift, ...)`.
+
+        Returns:
+          The positions, or None when the batch lies past the end (or is cut
+          short and dropped). Every process holds an equal share of a last
+          partial batch, so a remainder `process_count` does not divide raises.
+        """
+        if end is not None:
+            global_start, global_stop = self.bounds(step)
+            global_start, global_stop = global_start + shift, global_stop + shift
+            if global_start >= end or (drop_remainder and global_stop > end):
+                return None
+            if global_stop > end:
+                remainder = end - global_start
+                if remainder % process_count:
+                    raise not_divisible(
+                        remainder, process_count, f"in the last batch (step {step}, cut "
+                        f"short by the end of the data at position {end})",
+                        f"process_count={process_count}",
+                        "pass drop_remainder=True, or a source length that leaves a "
+                        "divisible remainder")
+                share = remainder // process_count
+                return (global_start + process_index * share,
+                        global_start + (process_index + 1) * share)
+        start, stop = self.local_bounds(step, process_index, process_count)
+        return start + shift, stop + shift
+
+    def last_batch(
+        self, end: int, drop_remainder: bool = False, shift: int = 0
+    ) -> tuple[int, int] | None:
+        """The `(step, global size)` of the last batch of a stream that ends at `end`.
+
+        `shift` is as in `local_window`. None when the stream holds no batch.
+        """
+        start = check_count(end - shift, "end - shift")
+        steps = self.num_batches(start, drop_remainder)
+        if not steps:
+            return None
+        step = steps - 1
+        begin = self.offset(step) + shift
+        return step, min(self.size(step), end - begin)
+
     def check_processes(
         self, process_index: int, process_count: int, until_step: int | None = None
     ) -> tuple[int, int]:
@@ -280,14 +341,66 @@ def _process(process_index: int, process_count: int) -> tuple[int, int]:
 def _share(size: int, step: int, process_count: int) -> int:
     """One process's rows of a batch of `size` at `step`; raises if they cannot be equal."""
     if size % process_count:
-        valid = ", ".join(map(str, nearest_multiples(size, process_count)))
-        raise ValueError(
-            f"batch size {size} at step {step} is not divisible by process_count="
-            f"{process_count}; every size must be a multiple of {process_count} "
-            f"(nearest valid sizes: {valid}; build the schedule with "
-            f"multiple_of={process_count} to catch this up front)"
-        )
+        raise not_divisible(
+            size, process_count, f"at step {step}", f"process_count={process_count}",
+            f"build the schedule with multiple_of={process_count} to catch this up front")
     return size // process_count
+
+
+def not_divisible(size: int, divisor: int, where: str, what: str, fix: str) -> ValueError:
+    """The one "not divisible" error: the size, where it occurs, the divisor and the valid sizes.
+
+    Args:
+      size: the size that does not divide.
+      divisor: what it must be a multiple of.
+      where: where the size occurs, e.g. "at step 40" or "in the last batch (step 9)".
+      what: the divisor's description, e.g. "process_count=2".
+      fix: what to change, one clause.
+
+    Returns:
+      The `ValueError` to raise.
+    """
+    valid = ", ".join(map(str, nearest_multiples(size, divisor)))
+    return ValueError(
+        f"batch size {size} {where} is not divisible by {what}; every size must be a multiple "
+        f"of {divisor} (nearest valid sizes: {valid}); {fix}")
+
+
+class WorkerStride(NamedTuple):
+    """The steps one worker builds: an iteration that starts at step `start` with `count`
+    workers has worker `index` build the steps `k >= start` with `(k - start) % count == index`.
+
+    The loaders' round-robin, which starts at worker 0, puts them back in order.
+    """
+
+    start: int
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def checked(cls, start: int, index: int, count: int) -> WorkerStride:
+        """The stride, with `start >= 0` and `0 <= index < count` checked."""
+        start = check_count(start, "step")
+        count = check_count(count, "worker_count", 1)
+        index = check_count(index, "worker_index")
+        if index >= count:
+            raise ValueError(f"worker_index={index} is not valid for worker_count={count}; "
+                             f"valid: 0..{count - 1}")
+        return cls(start, index, count)
+
+    def step(self, n: int) -> int:
+        """The step of this worker's `n`-th batch."""
+        return self.start + self.index + n * self.count
+
+    def batches_before(self, step: int) -> int:
+        """How many of this worker's batches come before `step`, which must be one of its steps."""
+        first = self.step(0)
+        if step < first or (step - first) % self.count:
+            raise ValueError(
+                f"step {step} is not built by worker {self.index} of {self.count} in an "
+                f"iteration that started at step {self.start} (its steps: {first}, "
+                f"{first + self.count}, ...); restore a state this worker wrote")
+        return (step - first) // self.count
 
 
 def budget_samples(

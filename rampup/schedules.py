@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import re
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,17 @@ def check_count(value: Any, what: str, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{what} must be an int >= {minimum}, got {value}")
     return int(value)
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """Returns `value` if it is a bool; a string, None or a number is a TypeError.
+
+    `"false"` is truthy in Python: reading it as a flag would silently do the opposite.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be a bool (True or False), got {value!r} of type "
+                        f"{type(value).__name__}")
+    return bool(value)
 
 
 def _boundary(key: Any, builder: str) -> int:
@@ -119,11 +131,11 @@ class Rules:
         """Returns `size` if it meets the rules at `step`; raises ValueError otherwise."""
         size = check_size(size, f"step {step}")
         if size % self.multiple_of:
-            valid = ", ".join(map(str, nearest_multiples(size, self.multiple_of)))
-            raise ValueError(
-                f"batch size {size} at step {step} is not a multiple of "
-                f"multiple_of={self.multiple_of}; nearest valid sizes: {valid}"
-            )
+            from rampup.plan import not_divisible  # plan imports this module
+
+            raise not_divisible(size, self.multiple_of, f"at step {step}",
+                                f"multiple_of={self.multiple_of}",
+                                "change the schedule to one of them")
         if size < self.min_size:
             raise ValueError(f"batch size {size} at step {step} is below min_size={self.min_size}")
         if self.max_size is not None and size > self.max_size:
@@ -158,6 +170,41 @@ class Schedule:
     config: str
     rules: Rules = field(default_factory=Rules)
     fn: Callable[[int], int] | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        # The builders are the way in; a hand-made Schedule is checked all the same,
+        # since a size 0, a missing step 0 or a float size would give wrong offsets.
+        if not isinstance(self.rules, Rules):
+            raise TypeError(f"Schedule rules must be a Rules, got {self.rules!r}")
+        if not isinstance(self.config, str):
+            raise TypeError(f"Schedule config must be the JSON text of its description, "
+                            f"got {self.config!r}")
+        if self.fn is not None:
+            if not callable(self.fn):
+                raise TypeError(f"Schedule fn {self.fn!r} is not callable")
+            if self.starts != (0,) or self.sizes != ():
+                raise ValueError("a Schedule with fn has no segments: starts=(0,), sizes=(); "
+                                 "build it with rampup.from_fn")
+            if not isinstance(self.name, str) or not self.name:
+                raise ValueError("a Schedule with fn needs a name; build it with rampup.from_fn")
+            return
+        if not isinstance(self.starts, tuple) or not isinstance(self.sizes, tuple):
+            raise TypeError("Schedule starts and sizes are tuples of ints; build a schedule "
+                            "with constant, stepwise, piecewise, linear or from_config")
+        if not self.starts or len(self.starts) != len(self.sizes):
+            raise ValueError(f"Schedule needs one size per segment start, got starts="
+                             f"{self.starts} and sizes={self.sizes}")
+        previous = -1
+        for start, size in zip(self.starts, self.sizes, strict=True):
+            start = check_count(start, "Schedule segment start")
+            if previous < 0 and start != 0:
+                raise ValueError(f"Schedule segments must start at step 0, got starts="
+                                 f"{self.starts}")
+            if start <= previous:
+                raise ValueError(f"Schedule segment starts must increase, got {self.starts}")
+            self.rules.check(size, start)
+            previous = start
 
     @property
     def segmented(self) -> bool:
@@ -183,16 +230,15 @@ class Schedule:
     def fingerprint(self) -> str:
         """A short stable string that identifies the schedule in checkpoint states."""
         if self.fn is not None:
-            fn = self.fn
-            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-            text = json.dumps({"type": "fn", "fn": name, **self.rules.config()}, sort_keys=True)
+            text = json.dumps({"type": "fn", "name": self.name, **self.rules.config()},
+                              sort_keys=True)
         else:
             text = self.config
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def __str__(self) -> str:
         if self.fn is not None:
-            return f"Schedule(from_fn={getattr(self.fn, '__qualname__', self.fn)!r})"
+            return f"Schedule(from_fn, name={self.name!r})"
         parts = ", ".join(f"{s}: {b}" for s, b in zip(self.starts, self.sizes, strict=True))
         return f"Schedule({json.loads(self.config)['type']}, step -> size {{{parts}}})"
 
@@ -292,6 +338,7 @@ def stepwise(
       The schedule with `B(k) = int(batch_size * f_b)` for the largest `b <= k`.
     """
     batch_size = check_size(batch_size, "stepwise batch_size")
+    cumulative = check_flag(cumulative, "stepwise cumulative")
     items = _sorted_boundaries(boundaries_and_scales, "stepwise")
     thresholds = [] if items and items[0][0] == 0 else [(0, batch_size)]
     product = 1.0
@@ -309,7 +356,7 @@ def stepwise(
     params = {
         "batch_size": batch_size,
         "boundaries_and_scales": {str(b): float(s) for b, s in items},
-        "cumulative": bool(cumulative),
+        "cumulative": cumulative,
     }
     return _build("stepwise", thresholds, params, **options)
 
@@ -378,12 +425,17 @@ def linear(
     return _build("linear", thresholds, params, unit="samples", **options)
 
 
-def from_fn(fn: Callable[[int], int], **options: Any) -> Schedule:
+def from_fn(fn: Callable[[int], int], *, name: str | None = None, **options: Any) -> Schedule:
     """Any callable `step -> size`, checked at each step it is asked for.
 
     Args:
       fn: returns the global batch size at a step. It must pickle to reach
         spawned workers (a module-level function, not a lambda).
+      name: the schedule's identity in checkpoint states: a state restores
+        only into a schedule of the same name (and rules). Default: the
+        function's `module.qualname`, for a function defined at module level;
+        required for a lambda, a closure, a `functools.partial` or a callable
+        object, which have no stable name of their own.
       **options: `multiple_of`, `min_size`, `max_size`.
 
     Returns:
@@ -391,8 +443,26 @@ def from_fn(fn: Callable[[int], int], **options: Any) -> Schedule:
     """
     if not callable(fn):
         raise TypeError(f"from_fn: {fn!r} is not callable")
+    if name is None:
+        name = _stable_name(fn)
+    elif not isinstance(name, str) or not name.strip():
+        raise TypeError(f"from_fn: name must be a non-empty str, got {name!r}")
     rules = Rules(**options)
-    return Schedule((0,), (), "", rules, fn)
+    return Schedule((0,), (), "", rules, fn, name)
+
+
+def _stable_name(fn: Callable[[int], int]) -> str:
+    """`module.qualname` of a module-level function; anything else must be named."""
+    qualname = getattr(fn, "__qualname__", None)
+    module = getattr(fn, "__module__", None)
+    if (not isinstance(fn, types.FunctionType) or not qualname or not module
+            or "<" in qualname):
+        raise ValueError(
+            f"from_fn: {fn!r} has no stable identity (a lambda, closure, functools.partial or "
+            "callable object), so a checkpoint state could restore into another function or be "
+            "refused by the next process. Pass name='...' naming this schedule, e.g. "
+            "from_fn(fn, name='my-ramp-v1'); change the name when the function changes")
+    return f"{module}.{qualname}"
 
 
 _OPTIONS = ("unit", "tokens_per_sample", "multiple_of", "min_size", "max_size")

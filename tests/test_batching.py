@@ -65,7 +65,8 @@ def test_process_slices_concatenate_to_the_global_batch():
 def test_process_count_that_does_not_divide_names_the_step():
     with pytest.raises(ValueError, match="batch size 2 at step 0 .* process_count=4"):
         RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
-    sizes = from_fn(lambda k: 4 if k < 3 else 6)  # no known end: checked as steps are built
+    # No known end: checked as steps are built.
+    sizes = from_fn(lambda k: 4 if k < 3 else 6, name="4-then-6")
     b = RampupBatches(np.arange(50), sizes, process_index=0, process_count=4)
     assert len(b[2]) == 1
     with pytest.raises(ValueError, match="batch size 6 at step 3 .* process_count=4"):

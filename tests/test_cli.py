@@ -49,7 +49,7 @@ def test_preview_reads_spec_files(tmp_path, capsys, suffix, text):
 def test_preview_reports_rule_violation_as_error(capsys):
     spec = '{"type": "constant", "size": 100}'
     assert main(["preview", "--schedule", spec, "--multiple-of", "8"]) == 2
-    assert "batch size 100 at step 0 is not a multiple of multiple_of=8" in capsys.readouterr().err
+    assert "batch size 100 at step 0 is not divisible by multiple_of=8" in capsys.readouterr().err
 
 
 def test_preview_tokens_need_tokens_per_sample(capsys):

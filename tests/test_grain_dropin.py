@@ -110,9 +110,21 @@ def test_callable_schedule_and_batch_fn_receive_what_grain_gives():
         seen.append(type(values))
         return sum(values)
 
-    ds = BatchRampUpIterDataset(parent(10), lambda step: step + 1, batch_fn=batch_fn)
+    ds = BatchRampUpIterDataset(parent(10), plus_one, batch_fn=batch_fn)
     assert list(ds) == [0, 1 + 2, 3 + 4 + 5, 6 + 7 + 8 + 9]
     assert set(seen) == {list}
+
+
+def plus_one(step):
+    return step + 1
+
+
+def test_a_lambda_schedule_is_refused_with_the_fix():
+    # A lambda has no stable identity for the state's schedule fingerprint.
+    with pytest.raises(ValueError, match="name="):
+        BatchRampUpIterDataset(parent(10), lambda step: step + 1)
+    named = rampup.from_fn(lambda step: step + 1, name="plus-one")
+    assert [len(b) for b in BatchRampUpIterDataset(parent(10), named)] == [1, 2, 3, 4]
 
 
 def test_str_names_the_dropin_class():

@@ -140,29 +140,32 @@ def test_microbatches_compile_once_and_hold_the_batch_in_order(sharding):
     assert micro_step._cache_size() == 1
 
 
-def test_a_size_the_data_axis_cannot_divide_raises_before_transfer(sharding):
+def test_a_size_the_data_axis_cannot_divide_raises_before_any_transfer(sharding):
     source = rampup.RampupBatches(np.arange(200.0), rampup.piecewise({0: 16, 2: 20}))
-    with device_batches(source, sharding, prefetch=1) as batches:
-        next(batches), next(batches)
-        with pytest.raises(ValueError) as error:
-            next(batches)
+    with pytest.raises(ValueError) as error:
+        device_batches(source, sharding, prefetch=1)
     message = str(error.value)
-    for part in ("step 2", "size 20", "'data': 8", "16, 24", "multiple_of=8"):
+    for part in ("steps 2 on", "size 20", "'data': 8", "16, 24", "multiple_of=8"):
         assert part in message
+
+
+def test_a_foreign_source_is_checked_batch_by_batch(sharding):
+    batches = [np.zeros((16, 2)), np.zeros((16, 2)), np.zeros((20, 2))]
+    with pytest.warns(UserWarning), device_batches(iter(batches), sharding) as arrays:
+        next(arrays), next(arrays)
+        with pytest.raises(ValueError, match="20 at batch 2 of this iterator .*16, 24"):
+            next(arrays)
 
 
 def test_a_size_the_microbatch_cannot_divide_names_the_step(sharding):
     source = rampup.RampupBatches(np.arange(200.0), rampup.piecewise({0: 16, 3: 24}))
-    with device_batches(source, sharding, microbatch_size=16) as batches:
-        for _ in range(3):
-            next(batches)
-        with pytest.raises(ValueError, match=r"24 at step 3 .*microbatch_size=16.*16, 32"):
-            next(batches)
+    with pytest.raises(ValueError, match=r"24 at steps 3 on .*microbatch_size=16.*16, 32"):
+        device_batches(source, sharding, microbatch_size=16)
 
 
 def test_a_microbatch_size_the_data_axis_cannot_divide_is_refused(sharding):
     source = rampup.RampupBatches(np.arange(200.0), rampup.constant(16))
-    with pytest.raises(ValueError, match=r"microbatch_size=12 .* multiples of 8: 8, 16"):
+    with pytest.raises(ValueError, match=r"12 \(microbatch_size\) .*data axis.*8, 16"):
         device_batches(source, sharding, microbatch_size=12)
 
 

@@ -89,7 +89,7 @@ def test_exact_at_huge_offsets():
 
 
 def test_from_fn_plan_memoizes_prefix_sums():
-    p = Plan(from_fn(lambda k: 1 + k % 3))
+    p = Plan(from_fn(lambda k: 1 + k % 3, name="cycle"))
     assert [p.offset(k) for k in range(5)] == [0, 1, 3, 6, 7]
     assert p.step_at(6) == 3
     assert p.segments(4) == [Segment(0, 0, 1, 0), Segment(1, 1, 2, 1), Segment(2, 2, 3, 3),
@@ -98,7 +98,7 @@ def test_from_fn_plan_memoizes_prefix_sums():
 
 def test_from_fn_segments_need_an_end():
     with pytest.raises(ValueError, match="until_step"):
-        Plan(from_fn(lambda k: 1)).segments()
+        Plan(from_fn(lambda k: 1, name="one")).segments()
 
 
 def test_table_lists_segments_and_totals():

@@ -88,7 +88,7 @@ def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epoc
                                       drop_remainder=drop, process_index=i, process_count=p)
             for i in range(p)]
     if not drop and remainder % p:
-        with pytest.raises(ValueError, match=f"step {len(whole) - 1}.*cannot split evenly"):
+        with pytest.raises(ValueError, match=f"last batch \\(step {len(whole) - 1}.*not divisible"):
             make[0]()
         return
     parts = [f() for f in make]

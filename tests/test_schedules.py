@@ -94,7 +94,7 @@ def test_unknown_unit_is_rejected():
 
 
 def test_from_fn_checks_sizes_at_the_step():
-    s = from_fn(lambda k: 0 if k == 3 else 4)
+    s = from_fn(lambda k: 0 if k == 3 else 4, name="zero-at-3")
     assert s(2) == 4
     with pytest.raises(ValueError, match="step 3"):
         s(3)
@@ -102,7 +102,7 @@ def test_from_fn_checks_sizes_at_the_step():
 
 def test_from_fn_rejects_float_size_at_the_step():
     with pytest.raises(TypeError, match="step 5"):
-        from_fn(lambda k: 4.0)(5)
+        from_fn(lambda k: 4.0, name="float")(5)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +132,7 @@ def test_fingerprint_differs_between_schedules():
 
 def test_from_fn_has_no_config():
     with pytest.raises(ValueError, match="from_fn"):
-        from_fn(lambda k: 1).to_config()
+        from_fn(lambda k: 1, name="one").to_config()
 
 
 def test_unknown_schedule_type_names_valid_types():

@@ -139,7 +139,7 @@ def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch):
 
 def test_native_rejects_a_from_fn_schedule():
     with pytest.raises(ValueError, match="to_tf_dataset"):
-        rampup_batch(source_ds(np.arange(4)), from_fn(lambda k: k + 1))
+        rampup_batch(source_ds(np.arange(4)), from_fn(lambda k: k + 1, name="k+1"))
 
 
 def test_native_rejects_a_batch_source():
@@ -162,12 +162,20 @@ def test_generator_equals_core_over_shuffled_epochs(name, drop_remainder):
                                           for k in range(len(got) - 1)]
 
 
-def test_generator_starts_at_a_step_on_every_iteration():
+def test_generator_over_an_iterable_starts_at_step_0_on_every_iteration():
     batches = RampupBatches(np.arange(50), SCHEDULES["stepwise"], num_epochs=2)
-    ds = to_tf_dataset(batches, start_step=4)
+    ds = to_tf_dataset(batches)
+    want = list(batches)
+    assert_batches_equal([as_numpy(b) for b in ds], want)
+    assert_batches_equal([as_numpy(b) for b in ds], want)
+
+
+def test_generator_over_an_iterator_goes_on_where_it_stands():
+    batches = RampupBatches(np.arange(50), SCHEDULES["stepwise"], num_epochs=2)
+    ds = to_tf_dataset(batches.iter_from(4))
     want = list(batches.iter_from(4))
     assert_batches_equal([as_numpy(b) for b in ds], want)
-    assert_batches_equal([as_numpy(b) for b in ds], want)
+    assert list(ds) == []  # the iterator is spent: a stream is read once
 
 
 def test_generator_over_a_stream_batcher():
@@ -211,11 +219,6 @@ def test_generator_rejects_a_mismatching_signature_up_front(signature, message):
     batches = RampupBatches(np.zeros((20, 4), np.float32), SCHEDULES["constant"])
     with pytest.raises(ValueError, match=message):
         to_tf_dataset(batches, output_signature=signature)
-
-
-def test_generator_cannot_seek_a_stream():
-    with pytest.raises(ValueError, match="set_state"):
-        to_tf_dataset(StreamBatcher(iter(range(10)), constant(2)), start_step=3)
 
 
 def test_generator_composes_with_map_and_prefetch():

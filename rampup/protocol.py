@@ -1,0 +1,65 @@
+"""The protocol of every rampup batch iterator.
+
+Consumers of batches (JAX placement, tf.data) check a source's layout and step
+through this protocol instead of guessing at its attributes. Every batch
+iterator of this library implements it: the core's `BatchIterator` and
+`StreamBatcher`, the grain iterators and the PyTorch iterators. Anything else
+is a foreign iterable, whose layout and step a consumer cannot check.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+from rampup.plan import Plan
+
+
+class ScheduledIterator(Iterator[Any], abc.ABC):
+    """An iterator of this process's slices of scheduled global batches.
+
+    Attributes:
+      plan: the step <-> position arithmetic of its schedule.
+      process_index: this process's index among `process_count`.
+      process_count: how many processes split every global batch.
+      end: the stream position where the data ends; None when endless or unknown.
+      drop_remainder: whether a last batch cut short by `end` is left out.
+    """
+
+    plan: Plan
+    process_index: int
+    process_count: int
+    end: int | None = None
+    drop_remainder: bool = False
+
+    @property
+    @abc.abstractmethod
+    def step(self) -> int:
+        """The step of the next batch this iterator yields."""
+
+    @abc.abstractmethod
+    def get_state(self) -> dict[str, Any]:
+        """The checkpoint state of the next step: a JSON-serializable dict."""
+
+    @abc.abstractmethod
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from a state written by `get_state`."""
+
+    @property
+    def layout(self) -> tuple[int, int]:
+        """`(process_index, process_count)`: where this process's rows sit in a global batch."""
+        return self.process_index, self.process_count
+
+    @property
+    def shift(self) -> int:
+        """How far the stream is moved from the plan's offsets (a restore that kept its data
+        position under a changed schedule); 0 otherwise."""
+        return 0
+
+    def last_batch(self) -> tuple[int, int] | None:
+        """The `(step, global size)` of the last batch, None when the stream never ends
+        (or its end is unknown) or holds no batch."""
+        if self.end is None:
+            return None
+        return self.plan.last_batch(self.end, self.drop_remainder, self.shift)
