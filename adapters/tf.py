@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from rampup.batching import as_plan
+from rampup.batching import RampupBatches, as_plan
 from rampup.collate import spec
 from rampup.plan import Plan
 from rampup.protocol import ScheduledIterator
-from rampup.schedules import Schedule, check_flag
+from rampup.schedules import Schedule, check_count, check_flag
 
 __all__ = ["rampup_batch", "to_tf_dataset"]
 
@@ -106,8 +106,19 @@ def _check_signature(signature: Any, batch: Any, step: str) -> None:
             )
 
 
-def _iterators(batches: Any) -> Callable[[], Iterator[Any]]:
+def _iterators(batches: Any, start_step: int | None) -> Callable[[], Iterator[Any]]:
     """A factory of the iterators that each iteration of the dataset reads."""
+    if start_step is not None:
+        start_step = check_count(start_step, "start_step")
+        if isinstance(batches, RampupBatches):
+            return lambda: batches.iter_from(start_step)
+        if isinstance(batches, ScheduledIterator) and batches.step == start_step:
+            return lambda: batches
+        raise ValueError(
+            f"start_step={start_step}: a {type(batches).__name__} cannot seek to a step. Pass a "
+            "RampupBatches (it starts at any step in O(1)), or an iterator restored with "
+            "set_state() (or batches.iter_from(step)) without start_step: the dataset starts "
+            "where the iterator stands")
     if isinstance(batches, Iterator):
         # A rampup iterator (restored with set_state, or from iter_from(k)) or any other
         # iterator: every iteration goes on where it stands.
@@ -134,6 +145,7 @@ def to_tf_dataset(
     batches: Any,
     *,
     output_signature: Any = None,
+    start_step: int | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` over a rampup batch source, from a generator.
 
@@ -149,6 +161,9 @@ def to_tf_dataset(
         (dicts, tuples, lists, namedtuples; lists come out as tuples).
       output_signature: the `tf.TensorSpec` pytree of one batch; None infers it
         from the first batch, with `None` as the batch dimension.
+      start_step: with a `RampupBatches`, every iteration starts at this step
+        (`batches.iter_from(start_step)`); None starts at 0. An iterator starts
+        where it stands, so it takes no start_step (or its own step).
 
     Returns:
       The dataset; its `element_spec` has `None` as the batch dimension unless
@@ -156,9 +171,9 @@ def to_tf_dataset(
 
     Raises:
       ValueError: `output_signature` does not match the first batch; the source
-        is empty and no signature is given.
+        is empty and no signature is given; `start_step` on a source that cannot seek.
     """
-    make = _iterators(batches)
+    make = _iterators(batches, start_step)
     first_iterator = make()
     where = _unchecked(first_iterator)
     try:

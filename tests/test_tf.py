@@ -170,6 +170,19 @@ def test_generator_over_an_iterable_starts_at_step_0_on_every_iteration():
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
 
+def test_generator_starts_a_rampup_batches_at_start_step_on_every_iteration():
+    batches = RampupBatches(np.arange(50), SCHEDULES["stepwise"], num_epochs=2)
+    ds = to_tf_dataset(batches, start_step=4)
+    want = list(batches.iter_from(4))
+    assert_batches_equal([as_numpy(b) for b in ds], want)
+    assert_batches_equal([as_numpy(b) for b in ds], want)
+
+
+def test_generator_cannot_seek_a_stream():
+    with pytest.raises(ValueError, match="set_state"):
+        to_tf_dataset(StreamBatcher(iter(range(10)), constant(2)), start_step=3)
+
+
 def test_generator_over_an_iterator_goes_on_where_it_stands():
     batches = RampupBatches(np.arange(50), SCHEDULES["stepwise"], num_epochs=2)
     ds = to_tf_dataset(batches.iter_from(4))
