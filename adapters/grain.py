@@ -275,9 +275,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         self._ramp, self._read_options, self._allow_nones = ramp, read_options, allow_nones
         self._stride = stride
         batches = ramp.batches
-        self.plan = batches.plan
-        self.process_index, self.process_count = batches.process_index, batches.process_count
-        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self.describe(batches)
         self._shift = shift
         self._inner = self._iterate(shift)
 
@@ -292,11 +290,6 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     def step(self) -> int:
         """The step of the next batch this iterator yields."""
         return self._stride.step(self._inner.get_state()["next_index"])
-
-    @property
-    def shift(self) -> int:
-        """The data position's distance from the plan's offsets."""
-        return self._shift
 
     def __next__(self) -> Any:
         return next(self._inner)
@@ -317,7 +310,9 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
 
     def close(self) -> None:
         """Stops grain's prefetch threads."""
-        self._inner.close()
+        inner = vars(self).get("_inner")  # grain's __del__ closes even after a failed __init__
+        if inner is not None:
+            inner.close()
 
     def __str__(self) -> str:
         return f"RampupMapDatasetIterator(step={self.step}, schedule={self.plan.schedule})"
@@ -373,9 +368,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         self._dataset = dataset
         self._ramp = ramp
         batches = ramp.batches
-        self.plan = batches.plan
-        self.process_index, self.process_count = batches.process_index, batches.process_count
-        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self.describe(batches)
         self._step = 0
         self._shift = 0
         self._workers: grain.DatasetIterator | None = None
@@ -384,11 +377,6 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     def step(self) -> int:
         """The step of the next batch this iterator yields."""
         return self._step
-
-    @property
-    def shift(self) -> int:
-        """The data position's distance from the plan's offsets."""
-        return self._shift
 
     def __next__(self) -> Any:
         if self._workers is None:

@@ -285,9 +285,7 @@ class BatchIterator(ScheduledIterator):
 
     def __init__(self, batches: RampupBatches, stride: WorkerStride, shift: int = 0) -> None:
         self.batches = batches
-        self.plan = batches.plan
-        self.process_index, self.process_count = batches.process_index, batches.process_count
-        self.end, self.drop_remainder = batches.end, batches.drop_remainder
+        self.describe(batches)
         self.worker_count = stride.count
         self._step = stride.step(0)
         self._shift = shift
@@ -296,11 +294,6 @@ class BatchIterator(ScheduledIterator):
     def step(self) -> int:
         """The step the next batch belongs to."""
         return self._step
-
-    @property
-    def shift(self) -> int:
-        """The data position's distance from the plan's offsets."""
-        return self._shift
 
     def __next__(self) -> Any:
         window = self.batches.window(self._step, self._shift)
@@ -367,11 +360,6 @@ class StreamBatcher(ScheduledIterator):
     def step(self) -> int:
         """The step the next batch belongs to."""
         return self._step
-
-    @property
-    def shift(self) -> int:
-        """The data position's distance from the plan's offsets."""
-        return self._shift
 
     def __next__(self) -> Any:
         start, stop = self.plan.local_bounds(self._step, self.process_index, self.process_count)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rampup.plan import Plan
+
+if TYPE_CHECKING:
+    from rampup.batching import RampupBatches
 
 
 class ScheduledIterator(Iterator[Any], abc.ABC):
@@ -32,6 +35,13 @@ class ScheduledIterator(Iterator[Any], abc.ABC):
     process_count: int
     end: int | None = None
     drop_remainder: bool = False
+    _shift: int = 0
+
+    def describe(self, batches: RampupBatches) -> None:
+        """Takes the plan, layout and end of the random-access batches it iterates."""
+        self.plan = batches.plan
+        self.process_index, self.process_count = batches.process_index, batches.process_count
+        self.end, self.drop_remainder = batches.end, batches.drop_remainder
 
     @property
     @abc.abstractmethod
@@ -55,7 +65,7 @@ class ScheduledIterator(Iterator[Any], abc.ABC):
     def shift(self) -> int:
         """How far the stream is moved from the plan's offsets (a restore that kept its data
         position under a changed schedule); 0 otherwise."""
-        return 0
+        return self._shift
 
     def last_batch(self) -> tuple[int, int] | None:
         """The `(step, global size)` of the last batch, None when the stream never ends
