@@ -8,7 +8,6 @@ own state plus the parent iterator's.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,16 +15,20 @@ from typing import Any
 import numpy as np
 
 from rampup.collate import default_collate
+from rampup.permutation import ALGORITHM as SHUFFLE_ALGORITHM
+from rampup.permutation import permute
 from rampup.plan import Plan, WorkerStride
 from rampup.protocol import ScheduledIterator
 from rampup.schedules import Schedule, check_count, check_flag
 
-STATE_VERSION = 1
+# Version 2: shuffles are `rampup.permutation`'s keyed bijection, not a NumPy permutation.
+STATE_VERSION = 2
 VERSION_KEY = "version"
 STEP_KEY = "step"
 POSITION_KEY = "position"
 SCHEDULE_KEY = "schedule"
 PARENT_KEY = "parent"
+SHUFFLE_KEY = "shuffle"
 SCHEDULE_CHANGE_POLICIES = ("raise", "continue")
 
 
@@ -76,6 +79,14 @@ def read_state(
     required = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY, *keys)
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ValueError(f"not a rampup state: expected a dict with keys {required}, got {state!r}")
+    if state[VERSION_KEY] == 1:
+        raise ValueError(
+            f"this state (step {state[STEP_KEY]!r}) is of version 1, written by an earlier "
+            "rampup that shuffled each epoch with a materialized NumPy permutation; this rampup "
+            f"shuffles with a keyed bijection ({SHUFFLE_ALGORITHM}), so restoring it would "
+            "feed other samples than the run it continues. Restart from step 0, or resume "
+            f"with the rampup that wrote it; this rampup reads version {STATE_VERSION}"
+        )
     if state[VERSION_KEY] != STATE_VERSION:
         raise ValueError(
             f"state version {state[VERSION_KEY]!r} is not supported; this rampup reads "
@@ -92,14 +103,6 @@ def read_state(
             f"{position}) and apply the new schedule from step {step} on."
         )
     return step, position
-
-
-@functools.lru_cache(maxsize=4)
-def epoch_permutation(seed: int, epoch: int, length: int) -> np.ndarray:
-    """The shuffle of one epoch: a permutation of `range(length)` from (seed, epoch)."""
-    perm = np.random.default_rng([seed, epoch]).permutation(length)
-    perm.flags.writeable = False
-    return perm
 
 
 class RampupBatches:
@@ -202,19 +205,31 @@ class RampupBatches:
         within = positions % self.length
         if self.shuffle_seed is None:
             return within
-        epochs = positions // self.length
-        out = np.empty_like(within)
-        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1) if len(positions) else ():
-            mask = epochs == epoch
-            out[mask] = epoch_permutation(self.shuffle_seed, epoch, self.length)[within[mask]]
-        return out
+        return permute(within, self.length, self.shuffle_seed, positions // self.length)
 
     def fetch(self, start: int, stop: int) -> Any:
-        """The batch of stream positions `[start, stop)`."""
+        """The batch of stream positions `[start, stop)`.
+
+        A source with `__getitems__` (torch's batched-fetch protocol: a list of
+        indices in, a list of elements out) is read with one call per batch;
+        any other source with one `__getitem__` per element.
+        """
         idx = self.indices(start, stop)
         if self.collate is None and isinstance(self.source, np.ndarray):
             return self.source[idx]
-        elements = [self.source[i] for i in idx.tolist()]
+        getitems = getattr(self.source, "__getitems__", None)
+        if getitems is not None:
+            elements = getitems(idx.tolist())
+            if not isinstance(elements, Sequence) or len(elements) != len(idx):
+                raise TypeError(
+                    f"{type(self.source).__name__}.__getitems__ returned "
+                    f"{type(elements).__name__} for {len(idx)} indices (positions {start} to "
+                    f"{stop}); the batched-fetch protocol returns a list with one element per "
+                    "index, in order"
+                )
+            elements = list(elements)
+        else:
+            elements = [self.source[i] for i in idx.tolist()]
         return (self.collate or default_collate)(elements)
 
     def batch(self, step: int, shift: int = 0) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rampup import RampupBatches, StreamBatcher, constant, from_fn, piecewise
-from rampup.batching import epoch_permutation
+from rampup.permutation import permute
 
 SCHEDULE = piecewise({0: 2, 3: 4, 5: 8})  # offsets 0,2,4,6,10,14,22,30
 
@@ -29,8 +29,8 @@ def test_shuffle_is_a_permutation_per_epoch_from_the_seed():
     epoch0 = np.concatenate([b[0], b[1]])
     epoch1 = np.concatenate([b[2], b[3]])
     assert sorted(epoch0) == list(range(10)) and sorted(epoch1) == list(range(10))
-    assert epoch0.tolist() == epoch_permutation(3, 0, 10).tolist()
-    assert epoch1.tolist() == epoch_permutation(3, 1, 10).tolist()
+    assert epoch0.tolist() == permute(np.arange(10), 10, 3, 0).tolist()
+    assert epoch1.tolist() == permute(np.arange(10), 10, 3, 1).tolist()
     assert epoch0.tolist() != epoch1.tolist()
 
 
@@ -121,7 +121,7 @@ def test_state_is_json_of_plain_ints_and_strings():
     next(it), next(it), next(it), next(it)
     state = it.get_state()
     assert json.loads(json.dumps(state)) == state
-    assert state["version"] == 1 and state["step"] == 4 and state["position"] == 10
+    assert state["version"] == 2 and state["step"] == 4 and state["position"] == 10
     assert all(isinstance(v, (int, str)) for v in state.values())
 
 
@@ -162,8 +162,8 @@ def test_schedule_change_continue_keeps_the_data_position():
 
 def test_state_of_another_version_raises():
     it = RampupBatches(np.arange(100), SCHEDULE).iter_from(0)
-    state = dict(it.get_state(), version=2)
-    with pytest.raises(ValueError, match="version 2"):
+    state = dict(it.get_state(), version=3)
+    with pytest.raises(ValueError, match="version 3"):
         it.set_state(state)
 
 

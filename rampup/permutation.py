@@ -1,0 +1,156 @@
+"""The shuffle of an epoch: a keyed bijection over `[0, N)` in O(1) memory.
+
+`permute(index, length, seed, epoch)` is item `index` of epoch `epoch`'s
+shuffle of `range(length)`, computed from the index alone: nothing of size
+`length` is ever built, and a batch of B indices costs O(B) NumPy work.
+
+The bijection is an alternating Feistel network over the `w`-bit integers,
+`2**w` the smallest power of two >= `length` (and >= 16), made a permutation
+of `[0, length)` by cycle-walking: an output past the end is sent through the
+network again until it lands inside, which a permutation of a finite set
+always does. The halves have `w // 2` and `w - w // 2` bits and swap widths
+every round, so the walk visits fewer than two values on average.
+
+The round keys come from (seed, epoch) through BLAKE2b and splitmix64's
+finalizer, in fixed-width unsigned arithmetic: the same on every process,
+worker and machine. `ALGORITHM` names this construction in checkpoint states;
+any change of the order it gives must change that name.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+
+from rampup.schedules import check_count
+
+ALGORITHM = "feistel6-blake2b-splitmix64"
+ROUNDS = 6  # even: the halves end with the widths they started with
+MIN_BITS = 4  # a 2-bit Feistel network reaches few of the orders of 3 items
+MAX_LENGTH = 2**62  # positions are int64; the halves then fit 31 bits each
+
+_U64 = np.uint64
+_MIX1 = _U64(0xBF58476D1CE4E5B9)
+_MIX2 = _U64(0x94D049BB133111EB)
+_S30, _S27, _S31 = _U64(30), _U64(27), _U64(31)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, a bijection of uint64 with full avalanche.
+
+    The multiplications wrap modulo 2**64 on purpose; `z` is a fresh array.
+    """
+    z ^= z >> _S30
+    z *= _MIX1
+    z ^= z >> _S27
+    z *= _MIX2
+    z ^= z >> _S31
+    return z
+
+
+@functools.lru_cache(maxsize=64)
+def _seed_keys(seed: int) -> np.ndarray:
+    """One uint64 key per round plus one for the epoch, from any seed >= 0."""
+    data = seed.to_bytes(max(8, (seed.bit_length() + 7) // 8), "little")
+    digest = hashlib.blake2b(data, digest_size=8 * (ROUNDS + 1),
+                             person=b"rampup.shuffle").digest()
+    keys = np.frombuffer(digest, dtype="<u8").astype(_U64)
+    keys.flags.writeable = False
+    return keys
+
+
+def _epoch_keys(seed: int, epoch: np.ndarray) -> np.ndarray:
+    """A uint64 key per element, from its epoch and the seed."""
+    return _mix(epoch.astype(_U64) ^ _seed_keys(seed)[ROUNDS])
+
+
+def _widths(length: int) -> tuple[int, int]:
+    bits = max(MIN_BITS, (length - 1).bit_length())
+    return bits // 2, bits - bits // 2
+
+
+def _round(half: np.ndarray, epoch_key: np.ndarray, seed_key: np.uint64, bits: int) -> np.ndarray:
+    """The round function: `bits` pseudo-random bits of (half, key)."""
+    return _mix(half ^ (epoch_key + seed_key)) >> _U64(64 - bits)
+
+
+def _network(x: np.ndarray, epoch_key: np.ndarray, seed: int, length: int,
+             inverse: bool) -> np.ndarray:
+    """One pass through the Feistel network (or its inverse) over `2**w` values."""
+    keys = _seed_keys(seed)
+    a, b = _widths(length)
+    left, right = x >> _U64(b), x & _U64((1 << b) - 1)
+    if not inverse:
+        wl, wr = a, b
+        for r in range(ROUNDS):
+            left, right = right, left ^ _round(right, epoch_key, keys[r], wl)
+            wl, wr = wr, wl
+    else:
+        # After an even number of rounds the layout is (a, b) again; undo them in reverse:
+        # round r mapped (L, R) -> (R, L ^ F(R)), so (L', R') -> (R' ^ F(L'), L').
+        wl, wr = a, b
+        for r in reversed(range(ROUNDS)):
+            left, right = right ^ _round(left, epoch_key, keys[r], wr), left
+            wl, wr = wr, wl
+    return (left << _U64(b)) | right
+
+
+def _walk(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int,
+          inverse: bool) -> np.ndarray:
+    length = check_count(length, "length", 1)
+    if length > MAX_LENGTH:
+        raise ValueError(f"length {length} is above the largest supported, 2**62")
+    index = np.asarray(index)
+    if index.dtype.kind not in "iu":
+        raise TypeError(f"indices must be integers, got dtype {index.dtype}")
+    if index.size and (index.min() < 0 or index.max() >= length):
+        raise ValueError(f"indices must lie in [0, {length}), got values from "
+                         f"{index.min()} to {index.max()}")
+    epoch = np.broadcast_to(np.asarray(epoch), index.shape)
+    if epoch.dtype.kind not in "iu" or (epoch.size and epoch.min() < 0):
+        raise ValueError("epochs must be integers >= 0")
+    seed = check_count(seed, "seed")
+    if length == 1:
+        return np.zeros(index.shape, np.int64)
+    flat_key = _epoch_keys(seed, epoch.reshape(-1))
+    out = _network(index.reshape(-1).astype(_U64), flat_key, seed, length, inverse)
+    # Cycle-walking: only the values still past the end go round again.
+    todo = np.flatnonzero(out >= _U64(length))
+    while todo.size:
+        again = _network(out[todo], flat_key[todo], seed, length, inverse)
+        out[todo] = again
+        todo = todo[again >= _U64(length)]
+    return out.astype(np.int64).reshape(index.shape)
+
+
+def permute(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int) -> np.ndarray:
+    """Item `index` of the shuffle of `range(length)` for (seed, epoch).
+
+    Args:
+      index: integer array, every value in `[0, length)`.
+      length: the number of items, `1 <= length <= 2**62`.
+      seed: the shuffle seed, any int >= 0.
+      epoch: the epoch of each index (an int or an array broadcast to `index`).
+
+    Returns:
+      An int64 array of `index`'s shape: a permutation of `[0, length)` for
+      each (seed, epoch), the same on every machine.
+    """
+    return _walk(index, length, seed, epoch, inverse=False)
+
+
+def unpermute(item: np.ndarray, length: int, seed: int, epoch: np.ndarray | int) -> np.ndarray:
+    """The inverse of `permute`: where each item sits in its epoch's shuffle.
+
+    Args:
+      item: integer array, every value in `[0, length)`.
+      length: the number of items.
+      seed: the shuffle seed.
+      epoch: the epoch of each item (an int or an array broadcast to `item`).
+
+    Returns:
+      The int64 array `i` with `permute(i, length, seed, epoch) == item`.
+    """
+    return _walk(item, length, seed, epoch, inverse=True)
