@@ -12,7 +12,11 @@ import bisect
 import threading
 from typing import NamedTuple
 
+import numpy as np
+
 from rampup.schedules import Schedule, check_count, nearest_multiples
+
+FN_CHUNK = 65536  # steps of a from_fn schedule evaluated per vectorized call
 
 
 class Segment(NamedTuple):
@@ -52,15 +56,24 @@ class Plan:
                 f"from_fn or from_config), got {schedule!r}"
             )
         self.schedule = schedule
+        # Segments: the first step, size and offset of each run of equal size. A from_fn
+        # schedule's grow on demand up to the frontier `_known` (steps evaluated so far),
+        # append-only, a segment complete in all three lists before `_known` passes it, so
+        # readers of steps below `_known` need no lock.
         self._starts = list(schedule.starts)
         self._sizes = list(schedule.sizes)
         self._offsets = [0]
         self._lock = threading.Lock()
-        # For a from_fn schedule these grow on demand: sizes[k] and offsets[k] per step.
+        self._known = 0
+        self._known_offset = 0
+        self._vectorized: bool | None = None  # from_fn: does fn take arrays? None: not tried
         if schedule.segmented:
             for i in range(1, len(self._starts)):
                 steps = self._starts[i] - self._starts[i - 1]
                 self._offsets.append(self._offsets[-1] + steps * self._sizes[i - 1])
+        else:
+            self._starts = []
+            self._offsets = []
 
     def __repr__(self) -> str:
         return f"Plan({self.schedule})"
@@ -78,26 +91,107 @@ class Plan:
         self.__init__(state["schedule"])
 
     def _grow_to_step(self, step: int) -> None:
-        """Memoizes sizes and offsets of a from_fn schedule up to `step`."""
-        sizes, offsets, fn = self._sizes, self._offsets, self.schedule
-        if len(sizes) > step:
+        """Evaluates a from_fn schedule up to `step`, keeping runs of equal size."""
+        if step < self._known:
             return
+        max_step = self.schedule.max_step
+        if step >= max_step:
+            fn = self.schedule.fn
+            raise ValueError(
+                f"step {step:,} is at or past max_step={max_step:,} of the from_fn schedule "
+                f"{getattr(fn, '__qualname__', fn)!r}: a from_fn schedule has no closed form, "
+                f"so reaching step {step:,} (a query or a restored state) means evaluating the "
+                f"function at every step before it. Build it with from_fn(fn, max_step=...) "
+                f"above {step:,} to allow that, or use piecewise() or linear(), which answer "
+                "any step at once"
+            )
         with self._lock:  # grain and torch may build batches from several threads
-            while len(sizes) <= step:
-                size = fn(len(sizes))
-                offsets.append(offsets[-1] + size)
-                sizes.append(size)
+            while self._known <= step:
+                if self._vectorized is not False and self._grow_vectorized(
+                        min(max_step, self._known + FN_CHUNK)):
+                    continue
+                self._grow_scalar(step if self._vectorized is False else self._known)
+
+    def _grow_scalar(self, step: int) -> None:
+        """Calls fn once per step up to `step`, with the rules' check inlined."""
+        fn, rules = self.schedule.fn, self.schedule.rules
+        low, multiple = rules.min_size, rules.multiple_of
+        high = rules.max_size if rules.max_size is not None else float("inf")
+        starts, sizes, offsets = self._starts, self._sizes, self._offsets
+        last = sizes[-1] if sizes else None
+        known, offset = self._known, self._known_offset
+        try:
+            while known <= step:
+                size = fn(known)
+                if type(size) is not int or not low <= size <= high or size % multiple:
+                    size = rules.check(size, known)
+                if size != last:
+                    starts.append(known)
+                    sizes.append(size)
+                    offsets.append(offset)
+                    last = size
+                offset += size
+                known += 1
+        finally:
+            self._known, self._known_offset = known, offset
+
+    def _grow_vectorized(self, stop: int) -> bool:
+        """Evaluates fn on the steps `[_known, stop)` at once; False if it cannot.
+
+        Only a result of one integer per step that agrees with scalar calls at
+        both ends counts; steps from the first size the rules refuse on are
+        left to the scalar path, which raises the error of that step.
+        """
+        fn, rules, start = self.schedule.fn, self.schedule.rules, self._known
+        steps = np.arange(start, stop, dtype=np.int64)
+        try:
+            with np.errstate(all="ignore"):
+                sizes = fn(steps)
+            ok = (isinstance(sizes, np.ndarray) and sizes.shape == steps.shape
+                  and sizes.dtype.kind in "iu"
+                  and fn(start) == sizes[0] and fn(stop - 1) == sizes[-1])
+        except Exception:  # noqa: BLE001 -- any failure means: call it per step
+            ok = False
+        if not ok:
+            self._vectorized = False
+            return False
+        self._vectorized = True
+        valid = (sizes >= max(1, rules.min_size)) & (sizes % rules.multiple_of == 0)
+        if rules.max_size is not None:
+            valid &= sizes <= rules.max_size
+        bad = np.flatnonzero(~valid)
+        if bad.size:
+            sizes = sizes[: bad[0]]
+        self._append_runs(sizes)
+        return bool(sizes.size)
+
+    def _append_runs(self, sizes: np.ndarray) -> None:
+        """Appends the sizes of the steps from `_known` on, one segment per change."""
+        if not sizes.size:
+            return
+        changes = np.flatnonzero(sizes[1:] != sizes[:-1]) + 1
+        firsts = [0, *changes.tolist()]
+        lasts = [*changes.tolist(), len(sizes)]
+        offset = self._known_offset
+        for first, stop in zip(firsts, lasts, strict=True):
+            size = int(sizes[first])
+            if not self._sizes or self._sizes[-1] != size:
+                self._starts.append(self._known + first)
+                self._sizes.append(size)
+                self._offsets.append(offset)
+            offset += (stop - first) * size
+        self._known_offset = offset
+        self._known += len(sizes)
 
     def _grow_to_position(self, position: int) -> None:
-        while self._offsets[-1] <= position:
-            self._grow_to_step(len(self._sizes))
+        while self._known_offset <= position:
+            self._grow_to_step(self._known)
 
     def size(self, step: int) -> int:
         """The global batch size `B(step)`."""
         step = check_count(step, "step")
         if not self.schedule.segmented:
             self._grow_to_step(step)
-            return self._sizes[step]
         return self._sizes[bisect.bisect_right(self._starts, step) - 1]
 
     def offset(self, step: int) -> int:
@@ -105,7 +199,6 @@ class Plan:
         step = check_count(step, "step")
         if not self.schedule.segmented:
             self._grow_to_step(step)
-            return self._offsets[step]
         i = bisect.bisect_right(self._starts, step) - 1
         return self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
 
@@ -119,7 +212,6 @@ class Plan:
         position = check_count(position, "position")
         if not self.schedule.segmented:
             self._grow_to_position(position)
-            return bisect.bisect_right(self._offsets, position) - 1
         i = bisect.bisect_right(self._offsets, position) - 1
         return self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
 
@@ -250,8 +342,8 @@ class Plan:
                 raise ValueError("a from_fn schedule has no known end: pass until_step")
         else:
             until_step = check_count(until_step, "until_step")
-        if not self.schedule.segmented:
-            return self._fn_segments(until_step)
+        if not self.schedule.segmented and until_step:
+            self._grow_to_step(until_step - 1)
         out = []
         for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
             if until_step is not None and start >= until_step:
@@ -260,18 +352,6 @@ class Plan:
             if until_step is not None and (last is None or last >= until_step):
                 last = until_step - 1
             out.append(Segment(start, last, size, self._offsets[i]))
-        return out
-
-    def _fn_segments(self, until_step: int) -> list[Segment]:
-        if until_step:
-            self._grow_to_step(until_step - 1)
-        out: list[Segment] = []
-        for step in range(until_step):
-            size = self._sizes[step]
-            if out and out[-1].size == size:
-                out[-1] = out[-1]._replace(last_step=step)
-            else:
-                out.append(Segment(step, step, size, self._offsets[step]))
         return out
 
     def distinct_sizes(self, until_step: int | None = None) -> tuple[int, ...]:

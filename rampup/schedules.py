@@ -25,6 +25,12 @@ TYPES = ("constant", "stepwise", "piecewise", "linear")
 
 _INT_LIKE = re.compile(r"^\s*\d+\s*$")
 
+LINEAR_MAX_SIZES = 100_000
+"""The most distinct sizes `linear` builds: it keeps one segment per size."""
+
+FN_MAX_STEP = 10**8
+"""`from_fn`'s default `max_step`: plans evaluate the function at every step up to it."""
+
 
 def check_size(value: Any, what: str) -> int:
     """Returns `value` as an int batch size >= 1, or raises naming `what`."""
@@ -163,6 +169,7 @@ class Schedule:
       sizes: the size of each segment; the last segment never ends.
       config: the canonical JSON text of the description it was built from.
       fn: the callable of a `from_fn` schedule, else None.
+      max_step: a `from_fn` schedule's first step a plan refuses to reach, else None.
     """
 
     starts: tuple[int, ...]
@@ -171,6 +178,7 @@ class Schedule:
     rules: Rules = field(default_factory=Rules)
     fn: Callable[[int], int] | None = None
     name: str | None = None
+    max_step: int | None = None
 
     def __post_init__(self) -> None:
         # The builders are the way in; a hand-made Schedule is checked all the same,
@@ -188,6 +196,7 @@ class Schedule:
                                  "build it with rampup.from_fn")
             if not isinstance(self.name, str) or not self.name:
                 raise ValueError("a Schedule with fn needs a name; build it with rampup.from_fn")
+            check_count(self.max_step, "Schedule max_step", 1)
             return
         if not isinstance(self.starts, tuple) or not isinstance(self.sizes, tuple):
             raise TypeError("Schedule starts and sizes are tuples of ints; build a schedule "
@@ -410,6 +419,14 @@ def linear(
             f"linear: final - start = {final - start} is not divisible by increment={increment}"
         )
     n = (final - start) // increment
+    if n + 1 > LINEAR_MAX_SIZES and rampup_samples:
+        raise ValueError(
+            f"linear: start={start} to final={final} by increment={increment} is {n + 1:,} "
+            f"distinct sizes; linear builds one segment per size and allows at most "
+            f"{LINEAR_MAX_SIZES:,} (a jitted step also compiles once per size). Use an increment "
+            f"of at least {-(-(final - start) // (LINEAR_MAX_SIZES - 1)):,} that divides "
+            f"final - start = {final - start:,}"
+        )
     params = {"start": start, "increment": increment, "rampup_samples": rampup_samples,
               "final": final}
     if n == 0 or rampup_samples == 0:
@@ -425,21 +442,35 @@ def linear(
     return _build("linear", thresholds, params, unit="samples", **options)
 
 
-def from_fn(fn: Callable[[int], int], *, name: str | None = None, **options: Any) -> Schedule:
+def from_fn(
+    fn: Callable[[int], int], *, name: str | None = None, max_step: int = FN_MAX_STEP,
+    **options: Any,
+) -> Schedule:
     """Any callable `step -> size`, checked at each step it is asked for.
 
+    A plan finds the offset of step `k` by evaluating `fn` at every step
+    before it and keeps the runs of equal size (memory grows with the number
+    of size changes). A function that takes an int64 array of steps and
+    returns an int array of sizes is evaluated in vectorized chunks; any
+    other is called once per step.
+
     Args:
-      fn: returns the global batch size at a step. It must pickle to reach
-        spawned workers (a module-level function, not a lambda).
+      fn: returns the global batch size at a step; a pure function of the
+        step. It must pickle to reach spawned workers (a module-level
+        function, not a lambda).
       name: the schedule's identity in checkpoint states: a state restores
         only into a schedule of the same name (and rules). Default: the
         function's `module.qualname`, for a function defined at module level;
         required for a lambda, a closure, a `functools.partial` or a callable
         object, which have no stable name of their own.
+      max_step: a plan refuses, at once, any step (or position) at or past
+        this step, so that no state or query makes it scan without bound.
+        Raise it for longer runs; the scan to step `k` costs `k` calls of
+        `fn` (or `k / 65536` vectorized calls).
       **options: `multiple_of`, `min_size`, `max_size`.
 
     Returns:
-      A schedule without segments; plans memoize its prefix sums.
+      A schedule without closed-form segments.
     """
     if not callable(fn):
         raise TypeError(f"from_fn: {fn!r} is not callable")
@@ -447,8 +478,9 @@ def from_fn(fn: Callable[[int], int], *, name: str | None = None, **options: Any
         name = _stable_name(fn)
     elif not isinstance(name, str) or not name.strip():
         raise TypeError(f"from_fn: name must be a non-empty str, got {name!r}")
+    max_step = check_count(max_step, "from_fn max_step", 1)
     rules = Rules(**options)
-    return Schedule((0,), (), "", rules, fn, name)
+    return Schedule((0,), (), "", rules, fn, name, max_step)
 
 
 def _stable_name(fn: Callable[[int], int]) -> str:
