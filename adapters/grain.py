@@ -87,6 +87,26 @@ class _CheckedCollate:
         return self.collate(elements)
 
 
+class _BatchedReads:
+    """A `MapDataset` as a batch source: one grain `_getitems` call per batch.
+
+    grain's own `MapDataset.batch` reads its parent this way, so a source with
+    batched reads (ArrayRecord, a map over one) is read once per batch.
+    """
+
+    def __init__(self, parent: grain.MapDataset) -> None:
+        self.parent = parent
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.parent[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        return list(self.parent._getitems(indices))  # noqa: SLF001 -- grain's batched read
+
+
 class RampupMapDataset(grain.MapDataset):
     """A `grain.MapDataset` whose item `k` is this process's slice of batch `k`.
 
@@ -126,7 +146,7 @@ class RampupMapDataset(grain.MapDataset):
         super().__init__(parent)
         index, count = process_slice(process_index, process_count)
         self._batches = RampupBatches(
-            parent,
+            _BatchedReads(parent),
             schedule,
             num_epochs=num_epochs,
             drop_remainder=drop_remainder,

@@ -245,3 +245,51 @@ def test_a_size_the_processes_cannot_split_fails_at_construction():
     # Data that ends before step 10 never meets the size 12.
     short = RampupBatches(np.arange(80), schedule, num_epochs=1, process_index=1, process_count=8)
     assert [b.tolist() for b in short][:2] == [[1], [9]]
+
+
+class BatchedRows:
+    """A source with torch's batched-fetch protocol that counts its calls."""
+
+    def __init__(self, rows: int) -> None:
+        self.data = np.arange(rows * 2).reshape(rows, 2)
+        self.batched_calls = 0
+        self.single_calls = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        self.single_calls += 1
+        return self.data[index]
+
+    def __getitems__(self, indices: list[int]) -> list[np.ndarray]:
+        self.batched_calls += 1
+        return list(self.data[indices])
+
+
+def test_a_source_with_getitems_is_read_once_per_batch():
+    source = BatchedRows(37)
+    batches = list(RampupBatches(source, SCHEDULE, shuffle_seed=4, num_epochs=2))
+    assert source.batched_calls == len(batches) and source.single_calls == 0
+    expected = RampupBatches(source.data, SCHEDULE, shuffle_seed=4, num_epochs=2)
+    for got, want in zip(batches, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_getitems_of_the_wrong_length_is_refused():
+    class Short(BatchedRows):
+        def __getitems__(self, indices):
+            return super().__getitems__(indices)[:-1]
+
+    with pytest.raises(TypeError, match="__getitems__ returned list for 2 indices"):
+        RampupBatches(Short(10), SCHEDULE)[0]
+
+
+def test_hugging_face_dataset_is_read_through_getitems():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"x": np.arange(20), "y": np.arange(20) * 10})
+    ds = ds.with_format("numpy")
+    batch = RampupBatches(ds, SCHEDULE, shuffle_seed=1)[5]
+    rows = RampupBatches(np.arange(20), SCHEDULE, shuffle_seed=1)[5]
+    np.testing.assert_array_equal(batch["x"], rows)
+    np.testing.assert_array_equal(batch["y"], rows * 10)

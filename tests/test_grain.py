@@ -178,6 +178,34 @@ def test_filtered_parent_names_the_fix():
         ds[0]
 
 
+class CountedReads(grain.MapDataset):
+    """A grain source that counts its batched and single reads."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.length, self.batched, self.single = length, 0, 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index):
+        self.single += 1
+        return np.int64(index % self.length)
+
+    def _getitems(self, indices):
+        self.batched += 1
+        return [np.int64(i % self.length) for i in indices]
+
+
+def test_map_dataset_reads_its_parent_once_per_batch():
+    parent = CountedReads(LENGTH)
+    ds = RampupMapDataset(parent.map(lambda x: x * 10), SCHEDULES["piecewise"], num_epochs=2,
+                          process_index=0, process_count=1)
+    batches = [ds[k] for k in range(len(ds))]
+    assert parent.batched == len(batches) and parent.single == 0
+    assert np.concatenate(batches).tolist() == [10 * (i % LENGTH) for i in range(2 * LENGTH)]
+
+
 def test_wrong_parent_kinds_are_type_errors():
     with pytest.raises(TypeError, match="RampupMapDataset"):
         RampupIterDataset(source(), rampup.constant(2), process_index=0, process_count=1)

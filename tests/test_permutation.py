@@ -1,0 +1,140 @@
+"""The epoch shuffle: a keyed bijection over [0, N), exact at 10^12 and for 64-bit seeds."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rampup import RampupBatches, constant, piecewise
+from rampup.permutation import ALGORITHM, permute, unpermute
+
+SEEDS = st.integers(0, 2**64 - 1)
+MASK = 2**64 - 1
+
+
+def reference_permute(index: int, length: int, seed: int, epoch: int) -> int:
+    """The construction the module documents, one index at a time in Python ints."""
+
+    def mix(z: int) -> int:
+        z ^= z >> 30
+        z = (z * 0xBF58476D1CE4E5B9) & MASK
+        z ^= z >> 27
+        z = (z * 0x94D049BB133111EB) & MASK
+        return z ^ (z >> 31)
+
+    data = seed.to_bytes(max(8, (seed.bit_length() + 7) // 8), "little")
+    digest = hashlib.blake2b(data, digest_size=56, person=b"rampup.shuffle").digest()
+    keys = [int.from_bytes(digest[8 * i:8 * i + 8], "little") for i in range(7)]
+    epoch_key = mix(epoch ^ keys[6])
+    bits = max(4, (length - 1).bit_length())
+    a, b = bits // 2, bits - bits // 2
+    x = index
+    while True:
+        left, right, wl, wr = x >> b, x & ((1 << b) - 1), a, b
+        for r in range(6):
+            f = mix(right ^ ((epoch_key + keys[r]) & MASK)) >> (64 - wl)
+            left, right, wl, wr = right, left ^ f, wr, wl
+        x = (left << b) | right
+        if x < length:
+            return x
+
+
+class Positions:
+    """A source of any length whose item i is i: the batches show the shuffled indices."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> np.int64:
+        return np.int64(index)
+
+
+@given(st.integers(1, 300), SEEDS, st.integers(0, 10**6))
+def test_every_index_once_per_epoch(length, seed, epoch):
+    out = permute(np.arange(length), length, seed, epoch)
+    assert sorted(out.tolist()) == list(range(length))
+    assert unpermute(out, length, seed, epoch).tolist() == list(range(length))
+
+
+@given(st.sampled_from([2, 3, 17, 1000, 10**9, 10**12, 2**40 + 1, 2**62]), SEEDS,
+       st.integers(0, 2**40), st.data())
+def test_numpy_arithmetic_equals_python_integers(length, seed, epoch, data):
+    index = data.draw(st.lists(st.integers(0, length - 1), min_size=1, max_size=5))
+    got = permute(np.array(index, dtype=np.int64), length, seed, epoch).tolist()
+    assert got == [reference_permute(i, length, seed, epoch) for i in index]
+
+
+@pytest.mark.parametrize("length", [10**9, 10**12])
+def test_inverse_undoes_the_shuffle_at_scale(length):
+    index = np.random.default_rng(0).integers(0, length, 100_000)
+    out = permute(index, length, 2**64 - 1, 7)
+    assert out.min() >= 0 and out.max() < length
+    assert (unpermute(out, length, 2**64 - 1, 7) == index).all()
+
+
+def test_epochs_and_seeds_give_different_orders():
+    base = permute(np.arange(1000), 1000, 1, 0)
+    assert base.tolist() != permute(np.arange(1000), 1000, 1, 1).tolist()
+    assert base.tolist() != permute(np.arange(1000), 1000, 2, 0).tolist()
+    assert base.tolist() != list(range(1000))
+
+
+def test_out_of_range_index_is_refused():
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        permute(np.array([10]), 10, 0, 0)
+
+
+def test_shuffled_batches_over_a_billion_elements():
+    n = 10**9
+    schedule = piecewise({0: 256, 10: 512})
+    b = RampupBatches(Positions(n), schedule, shuffle_seed=11)
+    step = 3_000_000  # positions around 1.5e9: the batch crosses into epoch 1
+    start, stop = b.plan.bounds(step)
+    batch = b[step]
+    positions = np.arange(start, stop)
+    assert batch.tolist() == permute(positions % n, n, 11, positions // n).tolist()
+    # The items sit where the inverse says: each position got its own item.
+    assert (unpermute(batch, n, 11, positions // n) == positions % n).all()
+    parts = [RampupBatches(Positions(n), schedule, shuffle_seed=11, process_index=i,
+                           process_count=4)[step] for i in range(4)]
+    assert np.concatenate(parts).tolist() == batch.tolist()
+
+
+def test_resume_at_scale_continues_identically():
+    n = 10**12
+    b = RampupBatches(Positions(n), constant(64), shuffle_seed=2**64 - 1)
+    it = b.iter_from(10**10)
+    next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    assert state["shuffle"] == ALGORITHM
+    expected = [next(it).tolist() for _ in range(3)]
+    other = RampupBatches(Positions(n), constant(64), shuffle_seed=2**64 - 1).iter_from(0)
+    other.set_state(state)
+    assert [next(other).tolist() for _ in range(3)] == expected
+
+
+def test_a_batch_larger_than_the_data_holds_each_epoch_once():
+    b = RampupBatches(np.arange(3), constant(99_999), shuffle_seed=5)
+    epochs = b[0].reshape(-1, 3)  # 33,333 epochs, each of them whole
+    assert (np.sort(epochs, axis=1) == np.arange(3)).all()
+    assert len({tuple(e) for e in epochs.tolist()}) == 6  # every order of 3 items occurs
+
+
+def test_version_1_state_is_refused_with_the_reason():
+    it = RampupBatches(np.arange(10), constant(2), shuffle_seed=0).iter_from(0)
+    state = dict(it.get_state(), version=1)
+    with pytest.raises(ValueError, match="version 1.*materialized NumPy permutation"):
+        it.set_state(state)
+
+
+def test_state_of_another_shuffle_algorithm_is_refused():
+    it = RampupBatches(np.arange(10), constant(2), shuffle_seed=0).iter_from(0)
+    state = dict(it.get_state(), shuffle="numpy-permutation")
+    with pytest.raises(ValueError, match="numpy-permutation"):
+        it.set_state(state)
