@@ -4,12 +4,14 @@
 shuffle of `range(length)`, computed from the index alone: nothing of size
 `length` is ever built, and a batch of B indices costs O(B) NumPy work.
 
-The bijection is an alternating Feistel network over the `w`-bit integers,
-`2**w` the smallest power of two >= `length` (and >= 16), made a permutation
-of `[0, length)` by cycle-walking: an output past the end is sent through the
+The bijection is a Feistel network over `[0, a * b)` with modular halves,
+`a = ceil(sqrt(length))` and `b = ceil(length / a)`: `x = L * b + R`, and a
+round maps `(L, R)`, `L < a`, `R < b`, to `(R, (L + F(R)) mod a)`, so that
+the halves swap their ranges every round. It is made a permutation of
+`[0, length)` by cycle-walking: an output past the end is sent through the
 network again until it lands inside, which a permutation of a finite set
-always does. The halves have `w // 2` and `w - w // 2` bits and swap widths
-every round, so the walk visits fewer than two values on average.
+always does. Since `a * b - length < a`, the walk is rare (about one value in
+`sqrt(length)` needs it), so a batch of indices costs about one pass.
 
 The round keys come from (seed, epoch) through BLAKE2b and splitmix64's
 finalizer, in fixed-width unsigned arithmetic: the same on every process,
@@ -21,15 +23,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 
 import numpy as np
 
 from rampup.schedules import check_count
 
-ALGORITHM = "feistel6-blake2b-splitmix64"
-ROUNDS = 6  # even: the halves end with the widths they started with
-MIN_BITS = 4  # a 2-bit Feistel network reaches few of the orders of 3 items
-MAX_LENGTH = 2**62  # positions are int64; the halves then fit 31 bits each
+ALGORITHM = "modfeistel6-blake2b-splitmix64"
+ROUNDS = 6  # even: the halves end with the ranges they started with
+MAX_LENGTH = 2**62  # positions are int64; the halves then stay below 2**32
 
 _U64 = np.uint64
 _MIX1 = _U64(0xBF58476D1CE4E5B9)
@@ -66,35 +68,34 @@ def _epoch_keys(seed: int, epoch: np.ndarray) -> np.ndarray:
     return _mix(epoch.astype(_U64) ^ _seed_keys(seed)[ROUNDS])
 
 
-def _widths(length: int) -> tuple[int, int]:
-    bits = max(MIN_BITS, (length - 1).bit_length())
-    return bits // 2, bits - bits // 2
+def _halves(length: int) -> tuple[int, int]:
+    a = math.isqrt(length - 1) + 1
+    return a, -(-length // a)
 
 
-def _round(half: np.ndarray, epoch_key: np.ndarray, seed_key: np.uint64, bits: int) -> np.ndarray:
-    """The round function: `bits` pseudo-random bits of (half, key)."""
-    return _mix(half ^ (epoch_key + seed_key)) >> _U64(64 - bits)
+def _round(half: np.ndarray, epoch_key: np.ndarray, seed_key: np.uint64,
+           modulus: np.uint64) -> np.ndarray:
+    """The round function: a pseudo-random value in `[0, modulus)` from (half, key)."""
+    return _mix(half ^ (epoch_key + seed_key)) % modulus
 
 
 def _network(x: np.ndarray, epoch_key: np.ndarray, seed: int, length: int,
              inverse: bool) -> np.ndarray:
-    """One pass through the Feistel network (or its inverse) over `2**w` values."""
+    """One pass through the Feistel network (or its inverse) over `[0, a * b)`."""
     keys = _seed_keys(seed)
-    a, b = _widths(length)
-    left, right = x >> _U64(b), x & _U64((1 << b) - 1)
+    a, b = (_U64(h) for h in _halves(length))
+    left, right = x // b, x % b
+    ml, mr = a, b  # the ranges of the left and right halves
     if not inverse:
-        wl, wr = a, b
         for r in range(ROUNDS):
-            left, right = right, left ^ _round(right, epoch_key, keys[r], wl)
-            wl, wr = wr, wl
+            left, right = right, (left + _round(right, epoch_key, keys[r], ml)) % ml
+            ml, mr = mr, ml
     else:
-        # After an even number of rounds the layout is (a, b) again; undo them in reverse:
-        # round r mapped (L, R) -> (R, L ^ F(R)), so (L', R') -> (R' ^ F(L'), L').
-        wl, wr = a, b
+        # Round r mapped (L, R) -> (R, (L + F(R)) mod a); undo the rounds in reverse.
         for r in reversed(range(ROUNDS)):
-            left, right = right ^ _round(left, epoch_key, keys[r], wr), left
-            wl, wr = wr, wl
-    return (left << _U64(b)) | right
+            left, right = (right + mr - _round(left, epoch_key, keys[r], mr)) % mr, left
+            ml, mr = mr, ml
+    return left * b + right
 
 
 def _walk(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int,

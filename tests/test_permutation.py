@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -29,15 +30,15 @@ def reference_permute(index: int, length: int, seed: int, epoch: int) -> int:
     digest = hashlib.blake2b(data, digest_size=56, person=b"rampup.shuffle").digest()
     keys = [int.from_bytes(digest[8 * i:8 * i + 8], "little") for i in range(7)]
     epoch_key = mix(epoch ^ keys[6])
-    bits = max(4, (length - 1).bit_length())
-    a, b = bits // 2, bits - bits // 2
+    a = math.isqrt(length - 1) + 1
+    b = -(-length // a)
     x = index
     while True:
-        left, right, wl, wr = x >> b, x & ((1 << b) - 1), a, b
+        left, right, ml, mr = x // b, x % b, a, b
         for r in range(6):
-            f = mix(right ^ ((epoch_key + keys[r]) & MASK)) >> (64 - wl)
-            left, right, wl, wr = right, left ^ f, wr, wl
-        x = (left << b) | right
+            f = mix(right ^ ((epoch_key + keys[r]) & MASK)) % ml
+            left, right, ml, mr = right, (left + f) % ml, mr, ml
+        x = left * b + right
         if x < length:
             return x
 
