@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,6 +17,42 @@ def seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """The median wall time of `fn` over `repeats` calls, after one warm-up call."""
+    fn()
+    return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+_PROBE = """
+import json, resource, sys, time
+{setup}
+start = time.perf_counter()
+{code}
+elapsed = time.perf_counter() - start
+print(json.dumps({{"seconds": elapsed,
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def probe(setup: str, code: str) -> dict[str, float]:
+    """Runs `code` in a fresh interpreter after `setup`: its time and peak memory.
+
+    Returns:
+      `seconds` of `code` alone, and `peak_mb`: the interpreter's peak resident
+      memory minus that of an idle interpreter that ran `setup` only (the
+      imports), so the figure is what `code` added.
+    """
+    def run(body: str) -> dict[str, float]:
+        out = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup, code=body)],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    idle, busy = run("pass"), run(code)
+    kb = 1 if sys.platform != "darwin" else 1024  # ru_maxrss is in bytes on macOS
+    return {"seconds": busy["seconds"],
+            "peak_mb": max(0.0, (busy["maxrss_kb"] - idle["maxrss_kb"]) / 1024 / kb)}
 
 
 def ratio(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> float:
@@ -35,7 +73,12 @@ def ratio(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> float:
 
 
 def row(name: str, value: float, target: str, holds: bool, **extra: Any) -> dict[str, Any]:
-    """One benchmark result: its ratio, the target, whether it holds."""
+    """One benchmark result: its ratio, the target, whether it holds.
+
+    `load_sensitive=True` in `extra` marks a result that other work on the
+    machine moves (a worker speedup needs idle cores): `rampup bench --quick`
+    reports it but does not fail on it.
+    """
     return {"name": name, "ratio": round(value, 3), "target": target, "holds": bool(holds),
             **extra}
 
@@ -57,9 +100,10 @@ def at_least(name: str, value: float, limit: float, **extra: Any) -> dict[str, A
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The results as an aligned text table."""
-    lines = [("benchmark", "ratio", "target", "holds")]
+    lines = [("benchmark", "value", "target", "holds")]
     lines += [(r["name"], f"{r['ratio']:.3f}", r["target"],
-               "-" if r["target"] == "reported" else "yes" if r["holds"] else "NO")
+               ("-" if r["target"] == "reported" else "yes" if r["holds"] else "NO")
+               + (" (load-sensitive)" if r.get("load_sensitive") else ""))
               for r in rows]
     widths = [max(len(line[c]) for line in lines) for c in range(4)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))

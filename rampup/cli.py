@@ -165,7 +165,14 @@ def bench(args: argparse.Namespace) -> int:
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
         print(f"results written to {args.json}")
-    return 0 if all(r["holds"] for r in rows) else 1
+    failed = [r for r in rows if not r["holds"]]
+    if args.quick:
+        # A smoke run on a shared machine: a worker speedup that misses is noise, not a bug.
+        ignored = [r for r in failed if r.get("load_sensitive")]
+        for r in ignored:
+            print(f"not counted in --quick mode (load-sensitive): {r['name']}", file=sys.stderr)
+        failed = [r for r in failed if not r.get("load_sensitive")]
+    return 0 if not failed else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -192,7 +199,8 @@ def parser() -> argparse.ArgumentParser:
     dem.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file")
     dem.set_defaults(run=demo)
     ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
-    ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats")
+    ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats; "
+                     "a load-sensitive row that misses its target does not fail it")
     ben.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     ben.set_defaults(run=bench)
     return p

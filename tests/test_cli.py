@@ -72,14 +72,15 @@ def test_bench_quick_prints_one_table_of_every_installed_suite(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rampup.cli", "bench", "--quick", "--json",
                           str(path)], capture_output=True, text=True, timeout=600)
     rows = json.loads(path.read_text())
-    assert out.returncode == (0 if all(r["holds"] for r in rows) else 1), out.stderr[-3000:]
+    counted = [r for r in rows if not r.get("load_sensitive")]  # --quick ignores the others
+    assert out.returncode == (0 if all(r["holds"] for r in counted) else 1), out.stderr[-3000:]
     installed = {s for s, needs, _ in BENCH_SUITES if importlib.util.find_spec(needs)}
     assert {r["suite"] for r in rows} == installed
     for r in rows:
         assert "failed (exit" not in r["name"], r
-        assert r["ratio"] > 0 and isinstance(r["holds"], bool)
+        assert r["ratio"] >= 0 and isinstance(r["holds"], bool)
         assert r["target"] == "reported" or re.fullmatch(r"(<=|>=) \d+(\.\d+)?", r["target"])
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["benchmark", "ratio", "target", "holds"]
+    assert lines[0].split() == ["benchmark", "value", "target", "holds"]
     for r in rows:
         assert any(line.startswith(r["name"]) and f"{r['ratio']:.3f}" in line for line in lines)
