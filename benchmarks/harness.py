@@ -42,7 +42,8 @@ def probe(setup: str, code: str) -> dict[str, float]:
     Returns:
       `seconds` of `code` alone, and `peak_mb`: the interpreter's peak resident
       memory minus that of an idle interpreter that ran `setup` only (the
-      imports), so the figure is what `code` added.
+      imports), so the figure is what `code` added; both peaks as
+      `busy_peak_mb` and `idle_peak_mb`.
     """
     def run(body: str) -> dict[str, float]:
         out = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup, code=body)],
@@ -50,9 +51,11 @@ def probe(setup: str, code: str) -> dict[str, float]:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     idle, busy = run("pass"), run(code)
-    kb = 1 if sys.platform != "darwin" else 1024  # ru_maxrss is in bytes on macOS
+    mb = 1024 * (1024 if sys.platform == "darwin" else 1)  # ru_maxrss is in bytes on macOS
     return {"seconds": busy["seconds"],
-            "peak_mb": max(0.0, (busy["maxrss_kb"] - idle["maxrss_kb"]) / 1024 / kb)}
+            "peak_mb": max(0.0, (busy["maxrss_kb"] - idle["maxrss_kb"]) / mb),
+            "idle_peak_mb": round(idle["maxrss_kb"] / mb, 1),
+            "busy_peak_mb": round(busy["maxrss_kb"] / mb, 1)}
 
 
 def ratio(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> float:
