@@ -73,8 +73,8 @@ def read_state(
     """Checks a state against `plan`; returns its (step, position).
 
     Raises:
-      ValueError: the state is malformed, of another version, or from another
-        schedule while `on_schedule_change="raise"`.
+      ValueError: the state is malformed, of another version, shuffled by another
+        algorithm, or from another schedule while `on_schedule_change="raise"`.
     """
     required = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY, *keys)
     if not isinstance(state, dict) or any(k not in state for k in required):
@@ -94,6 +94,13 @@ def read_state(
         )
     step = check_count(state[STEP_KEY], "state step")
     position = check_count(state[POSITION_KEY], "state position")
+    shuffle = state.get(SHUFFLE_KEY)
+    if shuffle is not None and shuffle != SHUFFLE_ALGORITHM:
+        raise ValueError(
+            f"the state at step {step} was shuffled by {shuffle!r}, but this rampup shuffles "
+            f"by {SHUFFLE_ALGORITHM!r}: its order differs, so restoring would feed other "
+            "samples; resume with the rampup that wrote the state"
+        )
     fingerprint = plan.schedule.fingerprint
     if state[SCHEDULE_KEY] != fingerprint and on_schedule_change == "raise":
         raise ValueError(
