@@ -113,7 +113,6 @@ def test_resume_at_scale_continues_identically():
     it = b.iter_from(10**10)
     next(it)
     state = json.loads(json.dumps(it.get_state()))
-    assert state["shuffle"] == ALGORITHM
     expected = [next(it).tolist() for _ in range(3)]
     other = RampupBatches(Positions(n), constant(64), shuffle_seed=2**64 - 1).iter_from(0)
     other.set_state(state)
@@ -130,12 +129,5 @@ def test_a_batch_larger_than_the_data_holds_each_epoch_once():
 def test_version_1_state_is_refused_with_the_reason():
     it = RampupBatches(np.arange(10), constant(2), shuffle_seed=0).iter_from(0)
     state = dict(it.get_state(), version=1)
-    with pytest.raises(ValueError, match="version 1.*materialized NumPy permutation"):
-        it.set_state(state)
-
-
-def test_state_of_another_shuffle_algorithm_is_refused():
-    it = RampupBatches(np.arange(10), constant(2), shuffle_seed=0).iter_from(0)
-    state = dict(it.get_state(), shuffle="numpy-permutation")
-    with pytest.raises(ValueError, match="numpy-permutation"):
+    with pytest.raises(ValueError, match=f"version 1.*materialized NumPy permutation.*{ALGORITHM}"):
         it.set_state(state)
