@@ -46,7 +46,7 @@ def naive(fn, steps: int) -> tuple[list[int], list[int]]:
        st.booleans(), st.integers(0, 2000))
 def test_from_fn_segments_equal_a_naive_evaluation(runs, vectorized, probe):
     fn = Table(runs, vectorized)
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     steps = min(sum(n for n, _ in runs) + 5, 1500)
     sizes, offsets = naive(fn, steps)
     step = min(probe, steps - 1)
@@ -65,14 +65,14 @@ def test_from_fn_segments_equal_a_naive_evaluation(runs, vectorized, probe):
 
 def test_array_functions_are_evaluated_in_chunks():
     fn = Table([(1000, 32), (10**6, 64), (1, 128)], vectorized=True)
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     assert plan.offset(2_000_000) == 1000 * 32 + 10**6 * 64 + 128 + (2_000_000 - 1_001_001) * 128
     assert 0 < fn.array_calls <= 2_000_001 // 65536 + 2
 
 
 def test_memory_grows_with_size_changes_not_steps():
     fn = Table([(1000, 32), (10**6, 64), (1, 128)], vectorized=True)
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     tracemalloc.start()
     plan.offset(5_000_000)
     kept, _ = tracemalloc.get_traced_memory()
@@ -84,7 +84,7 @@ def test_memory_grows_with_size_changes_not_steps():
 
 
 def test_restore_past_max_step_is_refused_at_once():
-    batches = RampupBatches(np.arange(10), from_fn(Table([(5, 2)], vectorized=False)))
+    batches = RampupBatches(np.arange(10), from_fn(Table([(5, 2)], vectorized=False), name="twos"))
     it = batches.iter_from(0)
     state = dict(it.get_state(), step=10**9, position=2 * 10**9)
     start = time.perf_counter()
@@ -94,7 +94,7 @@ def test_restore_past_max_step_is_refused_at_once():
 
 
 def test_max_step_bounds_queries_and_positions():
-    plan = Plan(from_fn(Table([(5, 2)], vectorized=False), max_step=1000))
+    plan = Plan(from_fn(Table([(5, 2)], vectorized=False), name="twos", max_step=1000))
     assert plan.offset(999) == 1998
     with pytest.raises(ValueError, match="from_fn\\(fn, max_step=...\\)"):
         plan.size(1000)
@@ -107,7 +107,7 @@ def test_a_bad_size_ahead_raises_only_at_its_step():
         return np.where(step == 5000, 0, 8) if isinstance(step, np.ndarray) else (
             0 if step == 5000 else 8)
 
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     assert plan.offset(4999) == 4999 * 8
     with pytest.raises(ValueError, match="step 5000: batch size 0 is not valid"):
         plan.offset(5001)
@@ -117,13 +117,13 @@ def test_array_results_that_disagree_with_scalar_calls_are_not_used():
     def fn(step):
         return step * 0 + 16 if isinstance(step, np.ndarray) else 8
 
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     assert plan.offset(100) == 800
 
 
 def test_threads_see_one_consistent_plan():
     fn = Table([(7, 1), (11, 2), (13, 3)] * 20, vectorized=False)
-    plan = Plan(from_fn(fn))
+    plan = Plan(from_fn(fn, name="table"))
     _, offsets = naive(fn, 700)
     errors = []
 
