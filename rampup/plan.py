@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -94,9 +94,9 @@ class Plan:
         """Evaluates a from_fn schedule up to `step`, keeping runs of equal size."""
         if step < self._known:
             return
-        max_step = self.schedule.max_step
+        fn, max_step = self.schedule.fn, self.schedule.max_step
+        assert fn is not None and max_step is not None  # a from_fn schedule has both
         if step >= max_step:
-            fn = self.schedule.fn
             raise ValueError(
                 f"step {step:,} is at or past max_step={max_step:,} of the from_fn schedule "
                 f"{getattr(fn, '__qualname__', fn)!r}: a from_fn schedule has no closed form, "
@@ -115,6 +115,7 @@ class Plan:
     def _grow_scalar(self, step: int) -> None:
         """Calls fn once per step up to `step`, with the rules' check inlined."""
         fn, rules = self.schedule.fn, self.schedule.rules
+        assert fn is not None
         low, multiple = rules.min_size, rules.multiple_of
         high = rules.max_size if rules.max_size is not None else float("inf")
         starts, sizes, offsets = self._starts, self._sizes, self._offsets
@@ -143,10 +144,11 @@ class Plan:
         left to the scalar path, which raises the error of that step.
         """
         fn, rules, start = self.schedule.fn, self.schedule.rules, self._known
+        assert fn is not None
         steps = np.arange(start, stop, dtype=np.int64)
         try:
             with np.errstate(all="ignore"):
-                sizes = fn(steps)
+                sizes: Any = fn(steps)  # type: ignore[arg-type]  # tried with an array
             ok = (isinstance(sizes, np.ndarray) and sizes.shape == steps.shape
                   and sizes.dtype.kind in "iu"
                   and fn(start) == sizes[0] and fn(stop - 1) == sizes[-1])
