@@ -11,6 +11,7 @@ puts them back in order, so every `W` yields the `W = 0` sequence. The core
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -77,6 +78,27 @@ def _distributed_default(value: int | None, query: Callable[[], int], fallback: 
     if dist.is_available() and dist.is_initialized():
         return query()
     return fallback
+
+
+# accelerate's wrappers that re-shard an IterableDataset over its processes.
+_ACCELERATE_SHARDERS = ("DataLoaderDispatcher", "IterableDatasetShard")
+
+
+def _accelerate_sharder() -> str | None:
+    """The name of an accelerate wrapper on the call stack that shards this iteration again.
+
+    `accelerator.prepare(loader)` wraps the loader (or the dataset) in one of them,
+    which splits every batch over the processes once more. Forked DataLoader
+    workers inherit the stack that started them, so it is seen there too (not in
+    spawned workers). accelerate itself is not imported here.
+    """
+    frame = sys._getframe(2)
+    while frame is not None:
+        owner = type(frame.f_locals.get("self"))
+        if owner.__module__.startswith("accelerate.") and owner.__name__ in _ACCELERATE_SHARDERS:
+            return owner.__name__
+        frame = frame.f_back
+    return None
 
 
 class RampupIterator(ScheduledIterator):
@@ -258,6 +280,15 @@ class RampupIterableDataset(IterableDataset):
     def __iter__(self) -> RampupIterator:
         info = get_worker_info()
         worker_index, worker_count = (0, 1) if info is None else (info.id, info.num_workers)
+        if self.world_size > 1 and (sharder := _accelerate_sharder()):
+            raise ValueError(
+                f"RampupIterableDataset (rank {self.rank} of {self.world_size}) is iterated "
+                f"through accelerate's {sharder}: each rank already yields its own slice "
+                "of every global batch, and accelerator.prepare(loader) splits the batches "
+                "over the processes again, which loses data and changes the sizes. Do not "
+                "pass the DataLoader to accelerator.prepare(): prepare the model and "
+                "optimizer only, iterate the DataLoader as it is and move each batch with "
+                "accelerate.utils.send_to_device(batch, accelerator.device)")
         convert = self.collate is None
         if self.batches is not None:
             return RampupIterator(self.batches.iter_from(
