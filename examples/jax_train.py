@@ -1,13 +1,13 @@
 """A small regression model trained with a batch-size ramp-up, sharded over all devices.
 
-Run: python examples/jax_train.py --steps 20 --checkpoint data_state.json
+Run: python examples/jax_train.py --steps 20 --checkpoint ckpt
 (CPU: XLA_FLAGS=--xla_force_host_platform_device_count=8 simulates 8 devices.)
-Run it again with a larger --steps: it resumes from the data state in the JSON
-file, at the step after the last one trained (the data state only, for brevity).
+Run it again with a larger --steps: it resumes from the last orbax checkpoint in
+the folder, which holds the parameters, the optimizer state and the data state of
+the same step, so the losses go on as if the run had not stopped.
 """
 
 import argparse
-import json
 import os
 
 import grain
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 
 import rampup
 from rampup.adapters.grain import RampupMapDataset
@@ -36,7 +37,7 @@ def loss_fn(params, batch):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--checkpoint", default="data_state.json")
+    parser.add_argument("--checkpoint", default="ckpt", help="an orbax checkpoint folder")
     args = parser.parse_args()
     schedule = rampup.piecewise({0: 16, 4: 32, 8: 64})
     mesh = jax.sharding.Mesh(jax.devices(), ("data",))
@@ -46,33 +47,39 @@ def main() -> None:
     elements = grain.MapDataset.range(4096).shuffle(seed=0).map(element)
     dataset = RampupMapDataset(elements, schedule, process_index=index, process_count=count)
     iterator = iter(dataset.to_iter_dataset())
-    start = 0  # a real run restores the model with the same step, e.g. with orbax
-    if os.path.exists(args.checkpoint):
-        with open(args.checkpoint) as f:
-            saved = json.load(f)
-        iterator.set_state(saved["data"])  # O(1): the data position is a function of the step
-        start = saved["step"]
 
     optimizer = optax.adam(1e-2)
     params = {"w1": jax.random.normal(jax.random.key(0), (8, 32)) / 3, "w2": jnp.zeros(32)}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    params, opt_state = jax.device_put((params, optimizer.init(params)), replicated)
+    train_state = jax.device_put({"params": params, "opt_state": optimizer.init(params)},
+                                 replicated)
 
     @jax.jit
-    def train_step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def train_step(train_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(train_state["params"], batch)
+        updates, opt_state = optimizer.update(grads, train_state["opt_state"])
+        params = optax.apply_updates(train_state["params"], updates)
+        return {"params": params, "opt_state": opt_state}, loss
 
-    with device_batches(iterator, sharding, prefetch=2) as batches:
-        for step, batch in zip(range(start, args.steps), batches, strict=False):
-            params, opt_state, loss = train_step(params, opt_state, batch)
-            seen = dataset.plan.offset(step + 1)
-            print(f"step {step} batch {batch['x'].shape[0]} samples {seen} "
-                  f"compiles {train_step._cache_size()} loss {float(loss):.4f}")  # jax's count
-        state = {"step": max(start, args.steps), "data": batches.get_state()}
-    with open(args.checkpoint, "w") as f:
-        json.dump(state, f)
+    with ocp.CheckpointManager(os.path.abspath(args.checkpoint)) as manager:
+        start = manager.latest_step() or 0
+        if start:  # the model, the optimizer and the data, all of the same step
+            restored = manager.restore(start, args=ocp.args.Composite(
+                train_state=ocp.args.StandardRestore(train_state),
+                data=ocp.args.JsonRestore()))
+            train_state = restored["train_state"]
+            iterator.set_state(restored["data"])  # O(1): the data position follows the step
+        with device_batches(iterator, sharding, prefetch=2) as batches:
+            for step, batch in zip(range(start, args.steps), batches, strict=False):
+                train_state, loss = train_step(train_state, batch)
+                seen = dataset.plan.offset(step + 1)
+                print(f"step {step} batch {batch['x'].shape[0]} samples {seen} "
+                      f"compiles {train_step._cache_size()} loss {float(loss):.6f}")
+            if args.steps > start:
+                # The state of the next step to consume, not of the batches built ahead.
+                manager.save(args.steps, args=ocp.args.Composite(
+                    train_state=ocp.args.StandardSave(train_state),
+                    data=ocp.args.JsonSave(batches.get_state())))
 
 
 if __name__ == "__main__":

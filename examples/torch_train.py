@@ -1,12 +1,14 @@
 """A small regression model trained with a batch-size ramp-up through a PyTorch DataLoader.
 
-Run: python examples/torch_train.py --steps 20 --workers 2
+Run: python examples/torch_train.py --steps 20 --workers 2 --checkpoint ckpt.pt
 The batches come from 2 worker processes and are still exactly the schedule's, in
-order; `--resume-at K` starts the data at step K, as a job restarted from a
-checkpoint of step K does (the training loop's step is the whole data state).
+order. At the end it saves the model, the optimizer and the data state with
+`torch.save`; run it again with a larger --steps (and any --workers) and it resumes
+from that file, so the losses go on as if the run had not stopped.
 """
 
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -33,23 +35,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--resume-at", type=int, default=0)
+    parser.add_argument("--checkpoint", default="ckpt.pt")
     args = parser.parse_args()
     schedule = rampup.piecewise({0: 16, 4: 32, 8: 64})
     dataset = RampupIterableDataset(Regression(), schedule, shuffle=True, seed=0)
-    dataset.set_step(args.resume_at)  # O(1) at any step
-    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step, batch in zip(range(args.resume_at, args.steps), loader, strict=False):
+    if os.path.exists(args.checkpoint):  # the model, the optimizer and the data, of one step
+        checkpoint = torch.load(args.checkpoint)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        dataset.load_state_dict(checkpoint["data"])  # O(1) at any step, any worker count
+    start = dataset.step
+    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)
+    for step, batch in zip(range(start, args.steps), loader, strict=False):
         loss = torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         seen = dataset.plan.offset(step + 1)
-        print(f"step {step} batch {len(batch['x'])} samples {seen} loss {loss.item():.4f}")
+        print(f"step {step} batch {len(batch['x'])} samples {seen} loss {loss.item():.6f}")
+    if args.steps > start:
+        dataset.set_step(args.steps)  # the data state of the next step to train
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "data": dataset.state_dict()}, args.checkpoint)
 
 
 if __name__ == "__main__":

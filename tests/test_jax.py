@@ -395,28 +395,3 @@ def test_two_processes_build_the_same_global_batches_as_one():
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]
         assert "ok" in output.split()
-
-
-@pytest.mark.slow
-def test_the_example_trains_and_resumes_from_its_data_state(tmp_path):
-    pytest.importorskip("grain")
-    pytest.importorskip("optax")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    checkpoint = tmp_path / "data_state.json"
-    command = [sys.executable, str(ROOT / "examples" / "jax_train.py"),
-               "--checkpoint", str(checkpoint)]
-    first = subprocess.run([*command, "--steps", "12"], capture_output=True, text=True,
-                           timeout=180, env=env, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    rows = [line.split() for line in first.stdout.splitlines() if line.startswith("step")]
-    assert [int(r[1]) for r in rows] == list(range(12))
-    plan = rampup.Plan(rampup.piecewise({0: 16, 4: 32, 8: 64}))
-    assert [int(r[3]) for r in rows] == [plan.size(k) for k in range(12)]
-    assert [int(r[5]) for r in rows] == [plan.offset(k + 1) for k in range(12)]
-    assert int(rows[-1][7]) == len(plan.distinct_sizes(12))
-    second = subprocess.run([*command, "--steps", "14"], capture_output=True, text=True,
-                            timeout=180, env=env, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    rows = [line.split() for line in second.stdout.splitlines() if line.startswith("step")]
-    assert [int(r[1]) for r in rows] == [12, 13]
-    assert [int(r[5]) for r in rows] == [plan.offset(13), plan.offset(14)]
