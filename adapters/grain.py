@@ -70,6 +70,26 @@ def process_slice(process_index: int | None, process_count: int | None) -> tuple
     return process_index, process_count
 
 
+# grain refuses to batch a MapDataset after these, which can drop elements; its
+# filter class is not exported, so its type is taken from a filter.
+_SPARSE_MAP_DATASETS = (type(grain.MapDataset.range(1).filter(bool)),
+                        grain.experimental.FlatMapMapDataset)
+
+
+def _check_dense(parent: grain.MapDataset) -> None:
+    """Refuses a parent with a filter or flat-map anywhere above it, as grain's `.batch` does."""
+    to_check = [parent]
+    while to_check:
+        ds = to_check.pop()
+        if isinstance(ds, _SPARSE_MAP_DATASETS):
+            raise ValueError(
+                f"RampupMapDataset cannot follow {type(ds).__name__} ({ds}): it can discard "
+                "elements, so stream positions would not map to elements. Convert to an "
+                "IterDataset with parent.to_iter_dataset() and batch it with RampupIterDataset."
+            )
+        to_check.extend(ds.parents)
+
+
 class _CheckedCollate:
     """Collates a list of elements; a None element (a filtered parent) is an error."""
 
@@ -111,7 +131,10 @@ class RampupMapDataset(grain.MapDataset):
     """A `grain.MapDataset` whose item `k` is this process's slice of batch `k`.
 
     Stream position `p` is `parent[p]`: grain's own indexing past `len(parent)`
-    decides what later epochs hold (a shuffled parent reshuffles per epoch).
+    decides what later epochs hold (a shuffled parent reshuffles per epoch). With
+    `num_epochs`, indices past the end (and negative ones) wrap into later (earlier)
+    passes as grain's `MapDataset.batch` does, so `.repeat()` works; each pass
+    restarts the ramp.
 
     Args:
       parent: the elements; no filter in it (use `RampupIterDataset` after one).
@@ -143,6 +166,7 @@ class RampupMapDataset(grain.MapDataset):
                 f"RampupMapDataset needs a grain.MapDataset parent, got {type(parent).__name__}; "
                 "for a grain.IterDataset use RampupIterDataset"
             )
+        _check_dense(parent)
         super().__init__(parent)
         index, count = process_slice(process_index, process_count)
         self._batches = RampupBatches(
@@ -175,7 +199,7 @@ class RampupMapDataset(grain.MapDataset):
         if isinstance(index, slice):
             return self.slice(index)
         try:
-            return self._batches[index]
+            return self._batches.fetch(*self._batches.item_window(index))
         except ValueError as e:
             e.add_note(f"while building batch {index} of {self}")
             raise

@@ -11,6 +11,7 @@ puts them back in order, so every `W` yields the `W = 0` sequence. The core
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -30,6 +31,7 @@ from rampup.batching import (
     make_state,
     read_state,
 )
+from rampup.collate import mapping_like
 from rampup.plan import Plan
 from rampup.protocol import ScheduledIterator
 from rampup.schedules import Schedule, check_count, check_flag
@@ -40,7 +42,8 @@ __all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors"]
 def as_tensors(batch: Any) -> Any:
     """NumPy arrays in a pytree become tensors that share their memory (`torch.from_numpy`).
 
-    Dicts, lists, tuples and namedtuples keep their type and structure; arrays of
+    Dicts (a `defaultdict` with its factory), lists, tuples, namedtuples and
+    dataclasses keep their type and structure; arrays of
     a dtype torch has no tensor for (strings, objects) and other leaves stay as
     they are.
 
@@ -56,8 +59,10 @@ def as_tensors(batch: Any) -> Any:
         except TypeError:  # a dtype without a tensor type, e.g. strings
             return batch
     if isinstance(batch, Mapping):
-        converted = {k: as_tensors(v) for k, v in batch.items()}
-        return converted if type(batch) is dict else type(batch)(converted)
+        return mapping_like(batch, {k: as_tensors(v) for k, v in batch.items()})
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: as_tensors(getattr(batch, f.name))
+                                             for f in dataclasses.fields(batch) if f.init})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(as_tensors(v) for v in batch))
     if isinstance(batch, (list, tuple)):

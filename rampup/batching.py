@@ -232,6 +232,33 @@ class RampupBatches:
             elements = [self.source[i] for i in idx.tolist()]
         return (self.collate or default_collate)(elements)
 
+    def item_window(self, index: int) -> tuple[int, int]:
+        """The stream positions of item `index` when the batches are read as a grain
+        `MapDataset` reads its items: past the end it wraps into later passes.
+
+        With `num_epochs`, item `index` is step `index mod len(self)` of pass
+        `index // len(self)` (negative indices: earlier passes), its positions shifted by
+        whole passes of `num_epochs * len(source)`, as grain's `MapDataset.batch` shifts
+        by the parent's length. The sizes restart at every pass. Endless batches have
+        no pass to wrap into: item `index` is step `index`.
+
+        Raises:
+          IndexError: a negative index of endless batches, or no batch at all.
+        """
+        if self.end is None:
+            if index < 0:
+                raise IndexError(
+                    f"index {index} is negative, but the batches are endless (num_epochs=None):"
+                    " there is no last batch to count from; valid indices are 0, 1, 2, ...")
+            return self.window(index)
+        count = len(self)
+        if count == 0:
+            raise IndexError(f"index {index}: there are no batches (drop_remainder=True and "
+                             f"fewer than {self.plan.size(0)} samples)")
+        repeat, step = divmod(index, count)
+        start, stop = self.window(step)
+        return start + repeat * self.end, stop + repeat * self.end
+
     def batch(self, step: int, shift: int = 0) -> Any:
         """This process's slice of batch `step` (positions moved by `shift`).
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,8 +13,34 @@ import numpy as np
 _SCALARS = (bool, numbers.Number, str, bytes)
 
 
+def mapping_like(template: Mapping, items: dict) -> Mapping:
+    """`items` as a mapping of `template`'s type; a `defaultdict` keeps its default factory.
+
+    Args:
+      template: the mapping whose type (dict, OrderedDict, defaultdict...) to keep.
+      items: the new keys and values.
+
+    Returns:
+      `items` itself for a plain dict, else a new mapping of `template`'s type.
+    """
+    if type(template) is dict:
+        return items
+    if isinstance(template, collections.defaultdict):
+        out = type(template)(template.default_factory)
+        out.update(items)
+        return out
+    return type(template)(items)
+
+
+def _is_dataclass_instance(x: Any) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, type)
+
+
 def spec(x: Any) -> str:
     """A short description of a pytree's structure, dtypes and shapes."""
+    if _is_dataclass_instance(x):
+        inner = ", ".join(f"{f.name}={spec(getattr(x, f.name))}" for f in dataclasses.fields(x))
+        return f"{type(x).__name__}({inner})"
     if isinstance(x, Mapping):
         return "{" + ", ".join(f"{k!r}: {spec(v)}" for k, v in x.items()) + "}"
     if isinstance(x, tuple) and hasattr(x, "_fields"):
@@ -50,6 +78,13 @@ def _leaf_mismatch(leaves: Sequence[Any]) -> int:
     return 0
 
 
+def _same_text_kind(leaves: Sequence[Any]) -> bool:
+    """All leaves are NumPy strings (or all bytes) of one shape, whatever their widths."""
+    first = leaves[0]
+    return all(isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind == first.dtype.kind
+               and leaf.shape == first.shape for leaf in leaves)
+
+
 def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
     first = leaves[0]
     if isinstance(first, Mapping):
@@ -58,7 +93,7 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
             if not isinstance(leaf, Mapping) or leaf.keys() != keys:
                 raise _mismatch(elements, i, path, "different keys")
         out = {k: _stack([leaf[k] for leaf in leaves], elements, (*path, k)) for k in keys}
-        return out if type(first) is dict else type(first)(out)
+        return mapping_like(first, out)
     if isinstance(first, (list, tuple)):
         kind, n = type(first), len(first)
         for i, leaf in enumerate(leaves):
@@ -70,8 +105,24 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
         try:
             return np.stack(leaves, dtype=first.dtype, casting="no")
         except (ValueError, TypeError) as e:
+            if first.dtype.kind in "US" and _same_text_kind(leaves):
+                return np.stack(leaves)  # the widest string's width, as grain's batch gives
             i = _leaf_mismatch(leaves)
             raise _mismatch(elements, i, path, "different dtype or shape") from e
+    if first is None:
+        for i, leaf in enumerate(leaves):
+            if leaf is not None:
+                raise _mismatch(elements, i, path, "None in element 0 only")
+        return None
+    if _is_dataclass_instance(first):
+        kind = type(first)
+        for i, leaf in enumerate(leaves):
+            if type(leaf) is not kind:
+                raise _mismatch(elements, i, path, "different dataclass")
+        fields = [f.name for f in dataclasses.fields(first) if f.init]
+        return dataclasses.replace(first, **{
+            name: _stack([getattr(leaf, name) for leaf in leaves], elements, (*path, name))
+            for name in fields})
     if isinstance(first, _SCALARS):
         kind = type(first)
         for i, leaf in enumerate(leaves):
@@ -93,6 +144,11 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
 
 def default_collate(elements: Sequence[Any]) -> Any:
     """Stacks elements (pytrees of arrays and scalars) along a new leading axis.
+
+    Dicts (any mapping type, a `defaultdict` with its factory), lists, tuples,
+    namedtuples and dataclasses (field by field, into the same dataclass) keep their
+    type; `None` stays `None` when every element has it; NumPy strings of
+    different widths stack to the widest, as grain's `make_batch` does.
 
     Args:
       elements: the batch's elements, all of the same structure, dtypes and shapes.

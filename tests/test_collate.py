@@ -1,6 +1,7 @@
 """default_collate: pytree stacking and its errors."""
 
-from collections import namedtuple
+import dataclasses
+from collections import OrderedDict, defaultdict, namedtuple
 
 import numpy as np
 import pytest
@@ -62,3 +63,59 @@ def test_empty_batch_is_an_error():
 def test_unsupported_leaf_type_says_to_pass_collate():
     with pytest.raises(TypeError, match="collate="):
         default_collate([object(), object()])
+
+
+def test_defaultdict_keeps_its_type_and_default_factory():
+    elements = [defaultdict(list, x=np.arange(2) + i) for i in range(3)]
+    out = default_collate(elements)
+    assert type(out) is defaultdict and out.default_factory is list
+    assert out["x"].tolist() == [[0, 1], [1, 2], [2, 3]]
+    assert out["missing"] == []
+
+
+def test_other_mapping_types_are_kept():
+    out = default_collate([OrderedDict(b=np.int8(i), a=np.int8(-i)) for i in range(2)])
+    assert type(out) is OrderedDict and list(out) == ["b", "a"]
+
+
+def test_none_leaves_stay_none():
+    out = default_collate([{"x": np.int32(i), "mask": None} for i in range(3)])
+    assert out["mask"] is None and out["x"].tolist() == [0, 1, 2]
+    assert default_collate([None, None]) is None
+
+
+def test_none_in_some_elements_only_is_a_mismatch():
+    with pytest.raises(ValueError, match=r"element 1 .*\['mask'\].*None in element 0 only"):
+        default_collate([{"mask": None}, {"mask": np.int32(1)}])
+
+
+@dataclasses.dataclass
+class Example:
+    image: np.ndarray
+    label: int
+    weight: float = 1.0
+
+
+def test_dataclasses_stack_field_by_field_into_the_same_dataclass():
+    out = default_collate([Example(np.zeros((2, 2)) + i, i) for i in range(3)])
+    assert type(out) is Example
+    assert out.image.shape == (3, 2, 2) and out.image[2, 0, 0] == 2
+    assert out.label.tolist() == [0, 1, 2] and out.weight.tolist() == [1.0] * 3
+
+
+def test_dataclass_mismatch_names_the_field():
+    elements = [Example(np.zeros(2), 0), Example(np.zeros(3), 1)]
+    with pytest.raises(ValueError, match=r"element 1 .*\['image'\].*Example\(image=float64\[2\]"):
+        default_collate(elements)
+
+
+def test_numpy_strings_of_different_widths_stack_to_the_widest():
+    out = default_collate([np.str_("a"), np.str_("abc"), np.str_("ab")])
+    assert out.dtype == np.dtype("<U3") and out.tolist() == ["a", "abc", "ab"]
+    out = default_collate([np.array([b"xy", b"z"]), np.array([b"x", b"zzzz"])])
+    assert out.dtype == np.dtype("S4") and out.shape == (2, 2)
+
+
+def test_strings_and_bytes_do_not_mix():
+    with pytest.raises(ValueError, match="element 1 .*different dtype"):
+        default_collate([np.str_("a"), np.bytes_(b"abc")])

@@ -348,3 +348,26 @@ def test_load_state_dict_refuses_a_state_of_the_old_shuffle():
     state = dict(ds.state_dict(), version=1)
     with pytest.raises(ValueError, match="version 1.*another order|version 1.*materialized"):
         ds.load_state_dict(state)
+
+
+def test_defaultdict_and_dataclass_elements_keep_their_type_as_tensors():
+    import collections
+    import dataclasses
+
+    import torch
+
+    @dataclasses.dataclass
+    class Item:
+        x: np.ndarray
+        y: np.ndarray
+
+    counts = [collections.defaultdict(int, n=np.int64(i)) for i in range(6)]
+    batch = next(iter(DataLoader(RampupIterableDataset(counts, constant(3)), batch_size=None)))
+    assert type(batch) is collections.defaultdict and batch.default_factory is int
+    assert torch.equal(batch["n"], torch.tensor([0, 1, 2]))
+    items = [Item(np.full(2, i, np.float32), np.int64(i)) for i in range(6)]
+    it = iter(RampupIterableDataset(items, constant(2)))
+    next(it)
+    second = next(it)
+    assert type(second) is Item and isinstance(second.x, torch.Tensor)
+    assert second.x.tolist() == [[2, 2], [3, 3]] and second.y.tolist() == [2, 3]
