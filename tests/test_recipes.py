@@ -317,3 +317,9 @@ def check_orbax_round_trip(kind, tmp_path, ocp, grain):
     assert step == 5
     np.testing.assert_array_equal(restored["params"]["w"], params["w"])
     assert [b.tolist() for b in restored["data"]] == whole[5:]
+    if kind == "map_mp_prefetch":
+        # The state is the step's: it restores without mp_prefetch's workers too.
+        with ocp.CheckpointManager(tmp_path) as manager:
+            alone = manager.restore(step, args=ocp.args.Composite(
+                data=grain.checkpoint.CheckpointRestore(iter(grain_pipelines()["map"]()))))
+        assert [b.tolist() for b in alone["data"]] == whole[5:]
