@@ -12,6 +12,7 @@ from rampup.batching import (
 )
 from rampup.collate import default_collate
 from rampup.plan import Plan, Segment
+from rampup.scaling import scaled
 from rampup.schedules import (
     Schedule,
     constant,
@@ -38,5 +39,6 @@ __all__ = [
     "from_fn",
     "linear",
     "piecewise",
+    "scaled",
     "stepwise",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -305,6 +306,39 @@ class Plan:
                 _share(segment.size, segment.first_step, process_count)
         return process_index, process_count
 
+    def microbatches(self, step: int, microbatch_size: int, process_count: int = 1) -> int:
+        """How many micro-batches of `microbatch_size` rows each process gets at `step`.
+
+        Returns:
+          `B(step) / (microbatch_size * process_count)`.
+
+        Raises:
+          ValueError: the size is not a multiple of `microbatch_size * process_count`,
+            naming the step and the nearest valid sizes.
+        """
+        return microbatch_count(self.size(step), step, microbatch_size, process_count)
+
+    def check_microbatches(
+        self, microbatch_size: int, process_count: int = 1, until_step: int | None = None
+    ) -> int:
+        """Checks up front that every size in `[0, until_step)` splits into micro-batches.
+
+        Every segment's size must be a multiple of `microbatch_size * process_count`
+        (each process takes `B / process_count` rows, in micro-batches of
+        `microbatch_size`). A `from_fn` schedule without `until_step` is checked
+        as each step is built.
+
+        Returns:
+          `microbatch_size` as an int.
+        """
+        microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
+        process_count = check_count(process_count, "process_count", 1)
+        if until_step is not None or self.schedule.segmented:
+            for segment in self.segments(until_step):
+                microbatch_count(segment.size, segment.first_step, microbatch_size,
+                                 process_count)
+        return microbatch_size
+
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
         """How many batches a finite stream of `positions` samples gives.
 
@@ -369,6 +403,7 @@ class Plan:
         samples: int | None = None,
         tokens: int | None = None,
         tokens_per_sample: int | None = None,
+        lr: Callable[[int], float] | None = None,
     ) -> str:
         """A preview: one row per segment up to a budget, then the totals.
 
@@ -377,6 +412,8 @@ class Plan:
           samples: the budget in samples.
           tokens: the budget in tokens.
           tokens_per_sample: tokens in one sample; adds a tokens column.
+          lr: a function of the step (as `rampup.scaled` returns); adds a column
+            with its value at each segment's first step.
 
         Returns:
           The table as text.
@@ -391,6 +428,8 @@ class Plan:
         if tokens_per_sample:
             head.append("tokens")
         head.append("share")
+        if lr is not None:
+            head.append("lr")
         rows = [head]
         for seg in self.segments(steps):
             row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}",
@@ -398,6 +437,8 @@ class Plan:
             if tokens_per_sample:
                 row.append(f"{seg.samples * tokens_per_sample:,}")
             row.append(f"{100 * seg.samples / total:.2f}%" if total else "-")
+            if lr is not None:
+                row.append(f"{lr(seg.first_step):.4g}")
             rows.append(row)
         widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
         lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
@@ -483,6 +524,31 @@ class WorkerStride(NamedTuple):
                 f"iteration that started at step {self.start} (its steps: {first}, "
                 f"{first + self.count}, ...); restore a state this worker wrote")
         return (step - first) // self.count
+
+
+def microbatch_count(
+    size: int, step: int | str, microbatch_size: int, process_count: int = 1
+) -> int:
+    """`size / (microbatch_size * process_count)`: the micro-batches per process of a batch.
+
+    Args:
+      size: the global batch size.
+      step: its step (or a description such as "steps 0 to 9") for the message.
+      microbatch_size: rows in one micro-batch of one process.
+      process_count: how many processes split the batch.
+
+    Raises:
+      ValueError: the division is not exact, naming the step and the nearest valid sizes.
+    """
+    unit = microbatch_size * process_count
+    if size % unit:
+        where = f"at step {step}" if isinstance(step, int) else f"at {step}"
+        what = f"microbatch_size={microbatch_size}"
+        if process_count > 1:
+            what += f" x process_count={process_count}"
+        raise not_divisible(size, unit, where, what,
+                            f"build the schedule with multiple_of={unit} to catch this up front")
+    return size // unit
 
 
 def budget_samples(
