@@ -26,12 +26,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rampup.batching import as_plan
-from rampup.plan import Plan, not_divisible
+from rampup.plan import Plan, microbatch_count, not_divisible
 from rampup.protocol import ScheduledIterator
+from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "check_schedule",
     "data_axis_size",
     "device_batches",
+    "optax_schedule",
     "precompile",
     "process_layout",
 ]
@@ -107,10 +110,7 @@ def _check_size(size: int, where: str, sharding: NamedSharding,
                 microbatch_size: int | None, fix: str | None = None) -> None:
     """Raises the core's "not divisible" error when the batch axis cannot split `size`."""
     if microbatch_size is not None:
-        if size % microbatch_size:
-            raise not_divisible(size, microbatch_size, where,
-                                f"microbatch_size={microbatch_size}",
-                                fix or f"build the schedule with multiple_of={microbatch_size}")
+        microbatch_count(size, where, microbatch_size, fix=fix)
         return
     ways = data_axis_size(sharding)
     if size % ways:
@@ -538,3 +538,62 @@ def precompile(
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     return {size: jitted.lower(*args, _abstract(example, size, sharding)).compile()
             for size in sizes}
+
+
+# --- learning rates ---------------------------------------------------------------------------
+
+
+def optax_schedule(
+    base: float | Callable[[Any], Any],
+    schedule: Schedule | Plan,
+    *,
+    rule: str | Callable[[float], float] = "sqrt",
+    reference_size: int | None = None,
+    unit: str = "steps",
+    tokens_per_sample: int | None = None,
+) -> Callable[[Any], jax.Array]:
+    """`rampup.scaled` as an optax schedule: traceable, for `jit`, `vmap` and `inject_hyperparams`.
+
+    The plan's segments become constants; a step (a traced int) finds its
+    segment with `searchsorted` over the segments' first steps, and its factor
+    and `t` (the samples or tokens before it) in closed form from that
+    segment. No host callback. `t` is a float for `unit="samples"` and
+    `"tokens"` (exact below 2**24 in float32), the step itself for "steps".
+
+    Args:
+      base: a number, or a function of `t` that takes a jax value (an optax
+        schedule such as `optax.warmup_cosine_decay_schedule(...)`).
+      schedule: a segmented batch schedule or its `Plan`. A `from_fn` schedule
+        has no segments to compile in and is refused.
+      rule: "sqrt", "linear", "none" or a callable of the ratio (see `rampup.scaled`).
+      reference_size: the batch size `base` was tuned for; default the largest size.
+      unit: what `t` counts: "steps", "samples" or "tokens".
+      tokens_per_sample: tokens in one sample, with `unit="tokens"`.
+
+    Returns:
+      A function of the step that returns a float array, for `learning_rate=`.
+    """
+    scaling = resolve(base, schedule, rule=rule, reference_size=reference_size, unit=unit,
+                      tokens_per_sample=tokens_per_sample)
+    segments = scaling.segment_factors()
+    real = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
+    per_t = {"steps": 0, "samples": 1, "tokens": scaling.tokens_per_sample}[scaling.unit]
+    first_steps = np.array([s[0] for s in segments])
+    t_offsets = np.array([float(s[1] * per_t) for s in segments], real)
+    t_per_step = np.array([float(s[2] * per_t) for s in segments], real)
+    factors = np.array([s[3] for s in segments], real)
+
+    def value(step: Any) -> jax.Array:
+        step = jnp.asarray(step)
+        i = jnp.searchsorted(first_steps, step, side="right") - 1
+        factor = jnp.asarray(factors)[i]
+        if not callable(scaling.base):
+            return scaling.base * factor
+        if scaling.unit == "steps":
+            t = step
+        else:
+            since = (step - jnp.asarray(first_steps)[i]).astype(real)
+            t = jnp.asarray(t_offsets)[i] + since * jnp.asarray(t_per_step)[i]
+        return jnp.asarray(scaling.base(t), real) * factor
+
+    return value

@@ -316,7 +316,8 @@ class Plan:
           ValueError: the size is not a multiple of `microbatch_size * process_count`,
             naming the step and the nearest valid sizes.
         """
-        return microbatch_count(self.size(step), step, microbatch_size, process_count)
+        return microbatch_count(self.size(step), f"at step {step}", microbatch_size,
+                                process_count)
 
     def check_microbatches(
         self, microbatch_size: int, process_count: int = 1, until_step: int | None = None
@@ -335,8 +336,8 @@ class Plan:
         process_count = check_count(process_count, "process_count", 1)
         if until_step is not None or self.schedule.segmented:
             for segment in self.segments(until_step):
-                microbatch_count(segment.size, segment.first_step, microbatch_size,
-                                 process_count)
+                microbatch_count(segment.size, f"at step {segment.first_step}",
+                                 microbatch_size, process_count)
         return microbatch_size
 
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
@@ -527,27 +528,28 @@ class WorkerStride(NamedTuple):
 
 
 def microbatch_count(
-    size: int, step: int | str, microbatch_size: int, process_count: int = 1
+    size: int, where: str, microbatch_size: int, process_count: int = 1,
+    fix: str | None = None,
 ) -> int:
     """`size / (microbatch_size * process_count)`: the micro-batches per process of a batch.
 
     Args:
       size: the global batch size.
-      step: its step (or a description such as "steps 0 to 9") for the message.
+      where: where it occurs, for the message, e.g. "at step 40".
       microbatch_size: rows in one micro-batch of one process.
       process_count: how many processes split the batch.
+      fix: what to change, one clause; default: build the schedule with `multiple_of`.
 
     Raises:
-      ValueError: the division is not exact, naming the step and the nearest valid sizes.
+      ValueError: the division is not exact (the `not_divisible` error).
     """
     unit = microbatch_size * process_count
     if size % unit:
-        where = f"at step {step}" if isinstance(step, int) else f"at {step}"
         what = f"microbatch_size={microbatch_size}"
         if process_count > 1:
             what += f" x process_count={process_count}"
-        raise not_divisible(size, unit, where, what,
-                            f"build the schedule with multiple_of={unit} to catch this up front")
+        raise not_divisible(size, unit, where, what, fix or (
+            f"build the schedule with multiple_of={unit} to catch this up front"))
     return size // unit
 
 
