@@ -32,11 +32,12 @@ from rampup.batching import (
     read_state,
 )
 from rampup.collate import mapping_like
-from rampup.plan import Plan
+from rampup.plan import Plan, microbatch_count
 from rampup.protocol import ScheduledIterator
+from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count, check_flag
 
-__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors"]
+__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors", "lr_lambda"]
 
 
 def as_tensors(batch: Any) -> Any:
@@ -68,6 +69,42 @@ def as_tensors(batch: Any) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(as_tensors(v) for v in batch)
     return batch
+
+
+def _rows(batch: Any, step: int) -> int:
+    """The leading axis shared by every array of a batch pytree."""
+    shapes = [tuple(leaf.shape) for leaf in _leaves(batch)]
+    rows = {shape[0] if shape else None for shape in shapes}
+    if len(rows) != 1 or None in rows:
+        raise ValueError(f"the leaves of the batch at step {step} do not share a leading "
+                         f"batch axis, so it cannot be cut into micro-batches: shapes {shapes}")
+    return rows.pop()
+
+
+def _leaves(batch: Any) -> list[Any]:
+    if isinstance(batch, Mapping):
+        return [leaf for v in batch.values() for leaf in _leaves(v)]
+    if isinstance(batch, (list, tuple)):
+        return [leaf for v in batch for leaf in _leaves(v)]
+    if isinstance(batch, (torch.Tensor, np.ndarray)):
+        return [batch]
+    raise TypeError(f"a {type(batch).__name__} leaf cannot be cut into micro-batches; "
+                    "microbatch_size needs batches whose leaves are tensors or NumPy arrays")
+
+
+def _split(batch: Any, count: int) -> list[Any]:
+    """`count` pytrees of the batch's consecutive rows, in order (tensor views, no copy)."""
+    if isinstance(batch, torch.Tensor):
+        return list(batch.chunk(count))
+    if isinstance(batch, np.ndarray):
+        return np.split(batch, count)
+    if isinstance(batch, Mapping):
+        parts = {k: _split(v, count) for k, v in batch.items()}
+        return [type(batch)({k: p[j] for k, p in parts.items()}) for j in range(count)]
+    columns = [_split(v, count) for v in batch]
+    if hasattr(batch, "_fields"):
+        return [type(batch)(*(c[j] for c in columns)) for j in range(count)]
+    return [type(batch)(c[j] for c in columns) for j in range(count)]
 
 
 def _is_map_style(source: Any) -> bool:
@@ -116,9 +153,11 @@ class RampupIterator(ScheduledIterator):
     `StatefulDataLoader` saves and restores per worker.
     """
 
-    def __init__(self, batches: BatchIterator | StreamBatcher, convert: bool) -> None:
+    def __init__(self, batches: BatchIterator | StreamBatcher, convert: bool,
+                 microbatch_size: int | None = None) -> None:
         self.batches = batches
         self.convert = convert
+        self.microbatch_size = microbatch_size
         self.plan = batches.plan
         self.process_index, self.process_count = batches.layout
         self.end, self.drop_remainder = batches.end, batches.drop_remainder
@@ -134,8 +173,16 @@ class RampupIterator(ScheduledIterator):
         return self.batches.shift
 
     def __next__(self) -> Any:
+        step = self.batches.step
         batch = next(self.batches)
-        return as_tensors(batch) if self.convert else batch
+        batch = as_tensors(batch) if self.convert else batch
+        if self.microbatch_size is None:
+            return batch
+        # This rank's rows are its equal share of the global batch (Plan.local_bounds).
+        size = _rows(batch, step) * self.process_count
+        count = microbatch_count(size, f"at step {step}", self.microbatch_size,
+                                 self.process_count)
+        return _split(batch, count)
 
     def get_state(self) -> dict[str, Any]:
         """The state of the next batch this iterator builds; JSON-serializable."""
@@ -178,6 +225,10 @@ class RampupIterableDataset(IterableDataset):
       world_size: how many processes split every global batch; default
         `torch.distributed.get_world_size()` when initialized, else 1.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+      microbatch_size: yield each step as a list of `B(k) / (microbatch_size *
+        world_size)` micro-batches of exactly `microbatch_size` rows, in batch
+        order (fixed shapes for `torch.compile` and CUDA graphs; accumulate
+        gradients over the list). Every size must split, checked when built.
     """
 
     def __init__(
@@ -193,6 +244,7 @@ class RampupIterableDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         on_schedule_change: str = "raise",
+        microbatch_size: int | None = None,
     ) -> None:
         super().__init__()
         if source is None:
@@ -216,6 +268,7 @@ class RampupIterableDataset(IterableDataset):
                 drop_remainder=drop_remainder, collate=collate, process_index=self.rank,
                 process_count=self.world_size, on_schedule_change=on_schedule_change)
             self.plan = self.batches.plan
+            self.microbatch_size = self._check_microbatches(microbatch_size)
             return
         for name, value in (("shuffle", shuffle), ("num_epochs", num_epochs)):
             if value:
@@ -230,6 +283,25 @@ class RampupIterableDataset(IterableDataset):
         self.batches = None
         self.plan = as_plan(schedule)
         self.plan.check_processes(self.rank, self.world_size)
+        self.microbatch_size = self._check_microbatches(microbatch_size)
+
+    def _check_microbatches(self, microbatch_size: int | None) -> int | None:
+        """Refuses, when built, a size that `microbatch_size * world_size` does not divide."""
+        if microbatch_size is None:
+            return None
+        microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
+        end = None if self.batches is None else self.batches.end
+        if end is None:
+            return self.plan.check_microbatches(microbatch_size, self.world_size)
+        last = self.plan.last_batch(end, self.drop_remainder)
+        full_steps = 0 if last is None else last[0] + 1
+        if last is not None and last[1] < self.plan.size(last[0]):
+            microbatch_count(
+                last[1], f"in the last batch (step {last[0]}, cut short by the end of the data)",
+                microbatch_size, self.world_size, fix="pass drop_remainder=True, or a source "
+                "length that leaves a divisible remainder")
+            full_steps -= 1
+        return self.plan.check_microbatches(microbatch_size, self.world_size, full_steps)
 
     @property
     def step(self) -> int:
@@ -297,7 +369,8 @@ class RampupIterableDataset(IterableDataset):
         convert = self.collate is None
         if self.batches is not None:
             return RampupIterator(self.batches.iter_from(
-                self.get_state(), worker_index=worker_index, worker_count=worker_count), convert)
+                self.get_state(), worker_index=worker_index, worker_count=worker_count), convert,
+                self.microbatch_size)
         if worker_count > 1:
             raise ValueError(
                 f"RampupIterableDataset over an iterable-only source ({type(self.source).__name__})"
@@ -310,7 +383,7 @@ class RampupIterableDataset(IterableDataset):
                                collate=self.collate, process_index=self.rank,
                                process_count=self.world_size,
                                on_schedule_change=self.on_schedule_change)
-        return RampupIterator(stream, convert)
+        return RampupIterator(stream, convert, self.microbatch_size)
 
     def __len__(self) -> int:
         """How many batches an iteration from the current start step yields (finite only)."""
@@ -324,3 +397,42 @@ class RampupIterableDataset(IterableDataset):
             f"stream of {type(self.source).__name__}")
         return (f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
                 f"start step {self.step})")
+
+
+# --- learning rates ---------------------------------------------------------------------------
+
+
+def lr_lambda(
+    schedule: Schedule | Plan,
+    *,
+    base: float | Callable[[int], float] = 1.0,
+    rule: str | Callable[[float], float] = "sqrt",
+    reference_size: int | None = None,
+    unit: str = "steps",
+    tokens_per_sample: int | None = None,
+) -> Callable[[int], float]:
+    """`rampup.scaled` as the factor function of `torch.optim.lr_scheduler.LambdaLR`.
+
+    `LambdaLR` multiplies each group's initial `lr` by the factor at its step
+    count, so with `base=1.0` the optimizer's `lr` is the value tuned at
+    `reference_size`. Call `scheduler.step()` after each `optimizer.step()`.
+
+    Args:
+      schedule: the batch schedule (a `Schedule` or its `Plan`).
+      base: a number, or a function of `t` (see `rampup.scaled`); default 1.0.
+      rule: "sqrt", "linear", "none" or a callable of the ratio.
+      reference_size: the batch size the `lr` was tuned for; default the largest size.
+      unit: what `base`'s `t` counts: "steps", "samples" or "tokens".
+      tokens_per_sample: tokens in one sample, with `unit="tokens"`.
+
+    Returns:
+      A plain function of the step (a pure function: `LambdaLR.state_dict`
+      needs nothing of it, and a resumed scheduler gets the same factors).
+    """
+    scaling = resolve(base, schedule, rule=rule, reference_size=reference_size, unit=unit,
+                      tokens_per_sample=tokens_per_sample)
+
+    def factor(step: int) -> float:
+        return scaling(step)
+
+    return factor
