@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -33,9 +34,10 @@ from rampup.batching import RampupBatches, as_plan
 from rampup.collate import spec
 from rampup.plan import Plan
 from rampup.protocol import ScheduledIterator
-from rampup.schedules import Schedule, check_count, check_flag
+from rampup.scaling import resolve
+from rampup.schedules import Schedule, check_count, check_flag, from_config
 
-__all__ = ["rampup_batch", "to_tf_dataset"]
+__all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 
 
 # --- to_tf_dataset -----------------------------------------------------------------------------
@@ -325,3 +327,86 @@ def rampup_batch(
         .map(lambda _, batch: batch)
     )
 
+
+
+# --- learning rates ---------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="rampup")
+class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """`rampup.scaled` as a Keras learning-rate schedule, for `keras.optimizers.*(learning_rate=)`.
+
+    The plan's segments become constants: a step (a tensor, e.g. the
+    optimizer's `iterations`) finds its segment with `tf.searchsorted` and its
+    factor and `t` in closed form, in graph mode. `get_config` stores the batch
+    schedule as its `to_config()` dict, so the optimizer serializes with it.
+
+    Args:
+      base: a number, or a Keras `LearningRateSchedule` of `t` (a warmup or decay).
+      schedule: a segmented batch schedule, its `Plan`, or its `to_config()` dict.
+      rule: "sqrt", "linear", "none", or a callable of the ratio (not serializable).
+      reference_size: the batch size `base` was tuned for; default the largest size.
+      unit: what `t` counts: "steps", "samples" or "tokens" (see `rampup.scaled`);
+        `t` is a float32 tensor for samples and tokens.
+      tokens_per_sample: tokens in one sample, with `unit="tokens"`.
+    """
+
+    def __init__(
+        self,
+        base: float | keras.optimizers.schedules.LearningRateSchedule,
+        schedule: Schedule | Plan | Mapping[str, Any],
+        *,
+        rule: str | Callable[[float], float] = "sqrt",
+        reference_size: int | None = None,
+        unit: str = "steps",
+        tokens_per_sample: int | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(schedule, Mapping):
+            schedule = from_config(schedule)
+        self.scaling = resolve(base, schedule, rule=rule, reference_size=reference_size,
+                               unit=unit, tokens_per_sample=tokens_per_sample)
+        segments = self.scaling.segment_factors()
+        per_t = {"steps": 0, "samples": 1, "tokens": tokens_per_sample}[unit]
+        self._first_steps = tf.constant([s[0] for s in segments], tf.int64)
+        self._t_offsets = tf.constant([float(s[1] * per_t) for s in segments], tf.float32)
+        self._t_per_step = tf.constant([float(s[2] * per_t) for s in segments], tf.float32)
+        self._factors = tf.constant([s[3] for s in segments], tf.float32)
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        step = tf.cast(tf.convert_to_tensor(step), tf.int64)
+        flat = tf.reshape(step, [-1])
+        i = tf.reshape(tf.searchsorted(self._first_steps, flat, side="right") - 1,
+                       tf.shape(step))
+        factor = tf.gather(self._factors, i)
+        base = self.scaling.base
+        if not callable(base):
+            return tf.constant(base, tf.float32) * factor
+        if self.scaling.unit == "steps":
+            t = step
+        else:
+            since = tf.cast(step - tf.gather(self._first_steps, i), tf.float32)
+            t = tf.gather(self._t_offsets, i) + since * tf.gather(self._t_per_step, i)
+        return tf.cast(base(t), tf.float32) * factor
+
+    def get_config(self) -> dict[str, Any]:
+        """The arguments, JSON-able: the batch schedule as its `to_config()` dict."""
+        scaling = self.scaling
+        if not isinstance(scaling.rule, str):
+            raise ValueError(
+                f"rule={scaling.rule!r} is a callable, which a Keras config cannot hold; "
+                "use a named rule (sqrt, linear, none) to save this schedule")
+        base = scaling.base
+        if callable(base):
+            base = keras.optimizers.schedules.serialize(base)
+        return {"base": base, "schedule": scaling.plan.schedule.to_config(),
+                "rule": scaling.rule, "reference_size": scaling.reference_size,
+                "unit": scaling.unit, "tokens_per_sample": scaling.tokens_per_sample}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ScaledLearningRate:
+        """The schedule of a `get_config()` dict."""
+        config = dict(config)
+        if isinstance(config.get("base"), dict):
+            config["base"] = keras.optimizers.schedules.deserialize(config["base"])
+        return cls(config.pop("base"), config.pop("schedule"), **config)
