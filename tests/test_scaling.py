@@ -68,7 +68,7 @@ def test_the_value_is_a_pure_function_of_the_step():
 
 
 def test_a_from_fn_schedule_needs_a_reference_size():
-    schedule = rampup.from_fn(lambda k: 8 if k < 10 else 16)
+    schedule = rampup.from_fn(lambda k: 8 if k < 10 else 16, name="ten at 8")
     with pytest.raises(ValueError, match="reference_size"):
         rampup.scaled(1.0, schedule)
     lr = rampup.scaled(1.0, schedule, rule="linear", reference_size=16)

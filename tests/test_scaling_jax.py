@@ -106,7 +106,7 @@ def test_inject_hyperparams_adamw_in_a_jitted_update():
 
 
 def test_a_from_fn_schedule_is_refused_with_the_way_out():
-    schedule = rampup.from_fn(lambda k: 16 if k < 10 else 32)
+    schedule = rampup.from_fn(lambda k: 16 if k < 10 else 32, name="ten at 16")
     with pytest.raises(ValueError, match=r"from_fn schedule has no segments.*piecewise"):
         optax_schedule(1e-3, schedule, reference_size=32)
 

@@ -97,6 +97,6 @@ def test_bad_arguments_are_refused_like_scaled():
     with pytest.raises(ValueError, match="sqrt, linear, none"):
         ScaledLearningRate(1e-3, RAMP, rule="lamb")
     with pytest.raises(ValueError, match="from_fn schedule has no segments"):
-        ScaledLearningRate(1e-3, rampup.from_fn(lambda k: 16), reference_size=16)
+        ScaledLearningRate(1e-3, rampup.from_fn(lambda k: 16, name="16"), reference_size=16)
     with pytest.raises(ValueError, match="tokens_per_sample"):
         ScaledLearningRate(1e-3, RAMP, unit="tokens")

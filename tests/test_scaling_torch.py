@@ -130,7 +130,8 @@ def test_a_size_that_does_not_split_is_refused_when_built():
                                          r"process_count=2.*16"):
         RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=8, rank=0, world_size=2)
     # The last batch holds 50 - 40 = 10 samples: micro-batches of 4 cannot hold them.
-    with pytest.raises(ValueError, match=r"batch size 10 at step 4 .*microbatch_size=4.*8, 12"):
+    with pytest.raises(ValueError, match=r"batch size 10 in the last batch \(step 4.*"
+                                         r"microbatch_size=4.*8, 12.*drop_remainder=True"):
         RampupIterableDataset(Rows(), SCHEDULE, num_epochs=1, microbatch_size=4)
     assert len(RampupIterableDataset(Rows(), SCHEDULE, num_epochs=1, microbatch_size=4,
                                      drop_remainder=True)) == 4
