@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 
 import rampup
 from rampup.adapters.grain import RampupMapDataset
-from rampup.adapters.jax import check_schedule, device_batches, process_layout
+from rampup.adapters.jax import check_schedule, device_batches, optax_schedule, process_layout
 
 W_TRUE = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
 
@@ -48,7 +48,8 @@ def main() -> None:
     dataset = RampupMapDataset(elements, schedule, process_index=index, process_count=count)
     iterator = iter(dataset.to_iter_dataset())
 
-    optimizer = optax.adam(1e-2)
+    lr = optax_schedule(1e-2, schedule)  # tuned at 64, x sqrt(B(k) / 64), in-graph
+    optimizer = optax.adam(lr)
     params = {"w1": jax.random.normal(jax.random.key(0), (8, 32)) / 3, "w2": jnp.zeros(32)}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_state = jax.device_put({"params": params, "opt_state": optimizer.init(params)},
@@ -74,7 +75,8 @@ def main() -> None:
                 train_state, loss = train_step(train_state, batch)
                 seen = dataset.plan.offset(step + 1)
                 print(f"step {step} batch {batch['x'].shape[0]} samples {seen} "
-                      f"compiles {train_step._cache_size()} loss {float(loss):.6f}")
+                      f"compiles {train_step._cache_size()} lr {float(lr(step)):.6g} "
+                      f"loss {float(loss):.6f}")
             if args.steps > start:
                 # The state of the next step to consume, not of the batches built ahead.
                 manager.save(args.steps, args=ocp.args.Composite(

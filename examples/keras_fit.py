@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import rampup
-from rampup.adapters.tf import rampup_batch
+from rampup.adapters.tf import ScaledLearningRate, rampup_batch
 
 
 class BatchSize(keras.metrics.Metric):
@@ -46,7 +46,8 @@ def main() -> None:
 
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, "tanh"),
                               keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse", metrics=[BatchSize()])
+    optimizer = keras.optimizers.Adam(ScaledLearningRate(1e-2, schedule))  # x sqrt(B(k) / 64)
+    model.compile(optimizer=optimizer, loss="mse", metrics=[BatchSize()])
     model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[PrintStep()])
 
 

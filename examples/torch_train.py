@@ -2,7 +2,9 @@
 
 Run: python examples/torch_train.py --steps 20 --workers 2 --checkpoint ckpt.pt
 The batches come from 2 worker processes and are still exactly the schedule's, in
-order. At the end it saves the model, the optimizer and the data state with
+order, as micro-batches of 8 rows (one compiled shape; the gradients accumulate over
+a step's micro-batches), and the learning rate follows the batch size through
+`LambdaLR`. At the end it saves the model, the optimizer and the data state with
 `torch.save`; run it again with a larger --steps (and any --workers) and it resumes
 from that file, so the losses go on as if the run had not stopped.
 """
@@ -12,10 +14,11 @@ import os
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 
 import rampup
-from rampup.adapters.torch import RampupIterableDataset
+from rampup.adapters.torch import RampupIterableDataset, lr_lambda
 
 W_TRUE = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
 
@@ -38,7 +41,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="ckpt.pt")
     args = parser.parse_args()
     schedule = rampup.piecewise({0: 16, 4: 32, 8: 64})
-    dataset = RampupIterableDataset(Regression(), schedule, shuffle=True, seed=0)
+    dataset = RampupIterableDataset(Regression(), schedule, shuffle=True, seed=0,
+                                    microbatch_size=8)
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
@@ -49,14 +53,25 @@ def main() -> None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         dataset.load_state_dict(checkpoint["data"])  # O(1) at any step, any worker count
     start = dataset.step
+    # lr = 1e-2 * sqrt(B(k) / 64), tuned at the largest size: a pure function of the step,
+    # so the scheduler starts at the restored step with nothing of its own to restore.
+    optimizer.param_groups[0]["initial_lr"] = 1e-2
+    scheduler = LambdaLR(optimizer, lr_lambda(schedule), last_epoch=start - 1)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)
-    for step, batch in zip(range(start, args.steps), loader, strict=False):
-        loss = torch.nn.functional.mse_loss(model(batch["x"]).squeeze(-1), batch["y"])
+    for step, micro in zip(range(start, args.steps), loader, strict=False):
         optimizer.zero_grad()
-        loss.backward()
+        loss = 0.0
+        for part in micro:  # B(k) / 8 micro-batches of 8 rows: the mean over the whole batch
+            part_loss = torch.nn.functional.mse_loss(model(part["x"]).squeeze(-1), part["y"])
+            (part_loss / len(micro)).backward()
+            loss += part_loss.item() / len(micro)
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        scheduler.step()
         seen = dataset.plan.offset(step + 1)
-        print(f"step {step} batch {len(batch['x'])} samples {seen} loss {loss.item():.6f}")
+        rows = sum(len(part["x"]) for part in micro)
+        print(f"step {step} batch {rows} samples {seen} micro {len(micro)} lr {lr:.6g} "
+              f"loss {loss:.6f}")
     if args.steps > start:
         dataset.set_step(args.steps)  # the data state of the next step to train
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),

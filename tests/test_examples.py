@@ -69,3 +69,28 @@ def test_keras_example_trains_on_the_scheduled_sizes():
     pytest.importorskip("tensorflow")
     out = rows(str(ROOT / "examples" / "keras_fit.py"), "--steps", "10")
     assert [(int(r[1]), int(r[3])) for r in out] == [(k, PLAN.size(k)) for k in range(10)]
+
+
+def test_torch_example_accumulates_microbatches_under_a_scaled_lr(tmp_path):
+    pytest.importorskip("torch")
+    lr = rampup.scaled(1e-2, PLAN.schedule)
+    script = str(ROOT / "examples" / "torch_train.py")
+    checkpoint = str(tmp_path / "ckpt.pt")
+    head = rows(script, "--steps", "7", "--workers", "2", "--checkpoint", checkpoint)
+    tail = rows(script, "--steps", "10", "--workers", "0", "--checkpoint", checkpoint)
+    out = head + tail  # the resumed scheduler starts at the restored step
+    assert [int(r[1]) for r in out] == list(range(10))
+    assert [int(r[3]) for r in out] == [PLAN.size(k) for k in range(10)]
+    assert [int(r[7]) for r in out] == [PLAN.size(k) // 8 for k in range(10)]
+    assert [float(r[9]) for r in out] == pytest.approx([lr(k) for k in range(10)], rel=1e-5)
+
+
+def test_jax_example_runs_adam_on_optax_schedule(tmp_path):
+    for name in ("jax", "grain", "optax", "orbax.checkpoint"):
+        pytest.importorskip(name)
+    lr = rampup.scaled(1e-2, PLAN.schedule)
+    out = rows(str(ROOT / "examples" / "jax_train.py"), "--steps", "10",
+               "--checkpoint", str(tmp_path / "checkpoint"),
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert [int(r[3]) for r in out] == [PLAN.size(k) for k in range(10)]
+    assert [float(r[9]) for r in out] == pytest.approx([lr(k) for k in range(10)], rel=1e-5)
