@@ -10,12 +10,13 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rampup.demo import BACKENDS, DEFAULT_STEPS
 from rampup.demo import main as run_demo
 from rampup.plan import Plan
+from rampup.scaling import RULES, scaled
 from rampup.schedules import Schedule, from_config
 
 # GPT-3 grew its batch from 32k to 3.2M tokens over the first 4-12B tokens; this
@@ -59,8 +60,8 @@ def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
     return from_config(config)
 
 
-def plot(plan: Plan, steps: int, path: str) -> None:
-    """Draws batch size and samples consumed against steps into a PNG."""
+def plot(plan: Plan, steps: int, path: str, lr: Callable[[int], float] | None = None) -> None:
+    """Draws batch size and samples consumed (and the lr, if given) against steps into a PNG."""
     try:
         import matplotlib
 
@@ -76,7 +77,14 @@ def plot(plan: Plan, steps: int, path: str) -> None:
     kind = plan.schedule.to_config().get("type", "custom")
     title = (f"{kind} schedule: {len(segments)} segments, batch size {min(sizes)} to "
              f"{max(sizes)} over {steps:,} steps")
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    fig, axes = plt.subplots(2 + (lr is not None), 1, sharex=True, figsize=(8, 6 + 2 * (
+        lr is not None)))
+    top, bottom = axes[0], axes[-1]
+    if lr is not None:
+        axes[1].plot(xs, [lr(seg.first_step) for seg in segments for _ in (0, 1)],
+                     color="tab:green")
+        axes[1].set_ylabel("learning rate")
+        axes[1].grid(alpha=0.3)
     top.plot(xs, sizes, color="tab:blue")
     top.set_ylabel("global batch size (samples)")
     top.set_title(title, fontsize=10)
@@ -111,9 +119,14 @@ def preview(args: argparse.Namespace) -> int:
     print(f"schedule: {json.dumps(schedule.to_config(), sort_keys=True)}")
     print(f"fingerprint: {schedule.fingerprint}")
     print()
-    print(plan.table(steps=steps, tokens_per_sample=tps))
+    lr = None
+    if args.lr is not None:
+        lr = scaled(args.lr, schedule, rule=args.lr_rule, reference_size=args.lr_reference_size)
+    elif args.lr_reference_size is not None:
+        raise ValueError("--lr-reference-size needs --lr, the learning rate tuned at that size")
+    print(plan.table(steps=steps, tokens_per_sample=tps, lr=lr))
     if args.plot:
-        plot(plan, steps, args.plot)
+        plot(plan, steps, args.plot, lr)
         print(f"plot written to {args.plot}")
     return 0
 
@@ -189,6 +202,12 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--tokens-per-sample", type=int, help="tokens in one sample")
     pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
     pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
+    pre.add_argument("--lr", type=float, help="add an lr column: this learning rate, tuned at "
+                     "--lr-reference-size, scaled by --lr-rule (rampup.scaled)")
+    pre.add_argument("--lr-rule", choices=tuple(RULES), default="sqrt",
+                     help="how the lr follows the batch size (default sqrt)")
+    pre.add_argument("--lr-reference-size", type=int,
+                     help="the batch size --lr was tuned for (default: the largest size)")
     pre.set_defaults(run=preview)
     dem = sub.add_parser("demo", help="an end-to-end run with a resume check halfway")
     dem.add_argument("--backend", choices=BACKENDS,

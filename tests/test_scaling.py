@@ -1,5 +1,6 @@
 """rampup.scaled: learning rates derived from the plan, checked against values by hand."""
 
+import json
 import math
 import pickle
 
@@ -128,3 +129,23 @@ def test_the_preview_table_shows_the_lr_of_each_segment():
     lines = table.splitlines()
     assert lines[0].split()[-1] == "lr"
     assert [line.split()[-1] for line in lines[2:5]] == ["0.00015", "0.0002121", "0.0003"]
+
+
+def test_rampup_preview_shows_the_lr_column(capsys, tmp_path):
+    from rampup.cli import main
+
+    spec = json.dumps(SCHEDULE.to_config())
+    assert main(["preview", "--schedule", spec, "--steps", "12", "--lr", "3e-4",
+                 "--lr-rule", "linear", "--lr-reference-size", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("first step"))
+    assert lines[head].split()[-1] == "lr"
+    assert [line.split()[-1] for line in lines[head + 2:head + 5]] == ["0.00015", "0.0003",
+                                                                       "0.0006"]
+    assert main(["preview", "--schedule", spec, "--lr-reference-size", "32"]) == 2
+    assert "--lr-reference-size needs --lr" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "ramp.png"
+    assert main(["preview", "--schedule", spec, "--steps", "12", "--lr", "3e-4",
+                 "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
