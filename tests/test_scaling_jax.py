@@ -116,3 +116,16 @@ def test_bad_arguments_are_refused_like_scaled():
         optax_schedule(1e-3, RAMP, rule="adam")
     with pytest.raises(TypeError, match="base='1e-3'"):
         optax_schedule("1e-3", RAMP)
+
+
+def test_token_counts_past_int32_reach_an_optax_base_as_floats():
+    # 2048-token samples: the run passes 2**31 tokens before step 5,000.
+    schedule = rampup.linear(256, 256, 2_000_000, 2048)
+    base = optax.warmup_cosine_decay_schedule(0.0, 3e-4, warmup_steps=2_000_000_000,
+                                              decay_steps=300_000_000_000)
+    steps = [0, 10, 1000, 5000, 50_000, 200_000]
+    kwargs = {"unit": "tokens", "tokens_per_sample": 2048}
+    expected = [rampup.scaled(lambda t: base(float(t)), schedule, **kwargs)(k) for k in steps]
+    assert rampup.Plan(schedule).offset(5000) * 2048 > 2**31
+    got = jax.jit(jax.vmap(optax_schedule(base, schedule, **kwargs)))(jnp.array(steps))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
