@@ -577,7 +577,8 @@ def optax_schedule(
                       tokens_per_sample=tokens_per_sample)
     segments = scaling.segment_factors()
     real = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-    per_t = {"steps": 0, "samples": 1, "tokens": scaling.tokens_per_sample}[scaling.unit]
+    # t per sample: 0 for steps (t is the step itself), 1 for samples, tokens_per_sample for tokens.
+    per_t = 0 if scaling.unit == "steps" else scaling.tokens_per_sample or 1
     first_steps = np.array([s[0] for s in segments])
     t_offsets = np.array([float(s[1] * per_t) for s in segments], real)
     t_per_step = np.array([float(s[2] * per_t) for s in segments], real)

@@ -367,7 +367,7 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         self.scaling = resolve(base, schedule, rule=rule, reference_size=reference_size,
                                unit=unit, tokens_per_sample=tokens_per_sample)
         segments = self.scaling.segment_factors()
-        per_t = {"steps": 0, "samples": 1, "tokens": tokens_per_sample}[unit]
+        per_t = 0 if unit == "steps" else self.scaling.tokens_per_sample or 1
         self._first_steps = tf.constant([s[0] for s in segments], tf.int64)
         self._t_offsets = tf.constant([float(s[1] * per_t) for s in segments], tf.float32)
         self._t_per_step = tf.constant([float(s[2] * per_t) for s in segments], tf.float32)

@@ -74,11 +74,10 @@ def as_tensors(batch: Any) -> Any:
 def _rows(batch: Any, step: int) -> int:
     """The leading axis shared by every array of a batch pytree."""
     shapes = [tuple(leaf.shape) for leaf in _leaves(batch)]
-    rows = {shape[0] if shape else None for shape in shapes}
-    if len(rows) != 1 or None in rows:
+    if any(not shape for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
         raise ValueError(f"the leaves of the batch at step {step} do not share a leading "
                          f"batch axis, so it cannot be cut into micro-batches: shapes {shapes}")
-    return rows.pop()
+    return int(shapes[0][0])
 
 
 def _leaves(batch: Any) -> list[Any]:
@@ -98,13 +97,14 @@ def _split(batch: Any, count: int) -> list[Any]:
         return list(batch.chunk(count))
     if isinstance(batch, np.ndarray):
         return np.split(batch, count)
+    kind: Any = type(batch)
     if isinstance(batch, Mapping):
         parts = {k: _split(v, count) for k, v in batch.items()}
-        return [type(batch)({k: p[j] for k, p in parts.items()}) for j in range(count)]
+        return [kind({k: p[j] for k, p in parts.items()}) for j in range(count)]
     columns = [_split(v, count) for v in batch]
     if hasattr(batch, "_fields"):
-        return [type(batch)(*(c[j] for c in columns)) for j in range(count)]
-    return [type(batch)(c[j] for c in columns) for j in range(count)]
+        return [kind(*(c[j] for c in columns)) for j in range(count)]
+    return [kind(c[j] for c in columns) for j in range(count)]
 
 
 def _is_map_style(source: Any) -> bool:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-class Scaling(NamedTuple):
+@dataclass(frozen=True)
+class Scaling:
     """Checked arguments of `scaled`, shared by the framework adapters.
 
     Attributes:
@@ -63,7 +65,8 @@ class Scaling(NamedTuple):
             raise ValueError(
                 f"rule {self.rule!r} gives {value!r} for the ratio {ratio:g} (batch size {size} "
                 f"at step {step}, reference_size={self.reference_size}); a rule must return a "
-                "finite number >= 0")
+                "finite number >= 0"
+            )
         return float(value)
 
     def segment_factors(self) -> list[tuple[int, int, int, float]]:
@@ -76,16 +79,19 @@ class Scaling(NamedTuple):
             raise ValueError(
                 "a from_fn schedule has no segments to look up in a compiled graph; write it "
                 "down as segments first, e.g. rampup.piecewise({s.first_step: s.size for s in "
-                "rampup.Plan(schedule).segments(until_step)}), or use rampup.scaled on the host")
-        return [(s.first_step, s.offset, s.size, self.factor(s.size, s.first_step))
-                for s in self.plan.segments()]
+                "rampup.Plan(schedule).segments(until_step)}), or use rampup.scaled on the host"
+            )
+        return [
+            (s.first_step, s.offset, s.size, self.factor(s.size, s.first_step))
+            for s in self.plan.segments()
+        ]
 
     def t(self, step: int) -> int:
         """What `base` is a function of at `step`: the step, `O(step)` or its tokens."""
         if self.unit == "steps":
             return step
         samples = self.plan.offset(step)
-        return samples if self.unit == "samples" else samples * self.tokens_per_sample
+        return samples if self.tokens_per_sample is None else samples * self.tokens_per_sample
 
     def __call__(self, step: int) -> float:
         step = check_count(step, "step")
@@ -107,18 +113,24 @@ def resolve(
     plan = schedule if isinstance(schedule, Plan) else Plan(schedule)
     if not callable(base):
         if not _is_number(base):
-            raise TypeError(f"base={base!r} ({type(base).__name__}) is neither a number nor a "
-                            "function of t; pass e.g. 3e-4 or an optax/Keras schedule")
+            raise TypeError(
+                f"base={base!r} ({type(base).__name__}) is neither a number nor a "
+                "function of t; pass e.g. 3e-4 or an optax/Keras schedule"
+            )
         if not math.isfinite(base):
             raise ValueError(f"base={base!r} is not a finite number")
         base = float(base)
     if isinstance(rule, str):
         if rule not in RULES:
-            raise ValueError(f"rule={rule!r} is not known; valid rules: {', '.join(RULES)}, "
-                             "or a callable of the ratio B(k) / reference_size")
+            raise ValueError(
+                f"rule={rule!r} is not known; valid rules: {', '.join(RULES)}, "
+                "or a callable of the ratio B(k) / reference_size"
+            )
     elif not callable(rule):
-        raise TypeError(f"rule={rule!r} ({type(rule).__name__}) is neither a rule name "
-                        f"({', '.join(RULES)}) nor a callable of the ratio")
+        raise TypeError(
+            f"rule={rule!r} ({type(rule).__name__}) is neither a rule name "
+            f"({', '.join(RULES)}) nor a callable of the ratio"
+        )
     if not isinstance(unit, str):
         raise TypeError(f"unit={unit!r} is not a string; valid units: {', '.join(UNITS)}")
     if unit not in UNITS:
@@ -128,12 +140,16 @@ def resolve(
             raise ValueError("unit='tokens' needs tokens_per_sample, the tokens in one sample")
         tokens_per_sample = check_size(tokens_per_sample, "tokens_per_sample")
     elif tokens_per_sample is not None:
-        raise ValueError(f"tokens_per_sample={tokens_per_sample!r} is only used with "
-                         f"unit='tokens', not unit={unit!r}")
+        raise ValueError(
+            f"tokens_per_sample={tokens_per_sample!r} is only used with "
+            f"unit='tokens', not unit={unit!r}"
+        )
     if reference_size is None:
         if not plan.schedule.segmented:
-            raise ValueError("a from_fn schedule has no known largest size: pass "
-                             "reference_size, the batch size base was tuned for")
+            raise ValueError(
+                "a from_fn schedule has no known largest size: pass "
+                "reference_size, the batch size base was tuned for"
+            )
         reference_size = max(plan.schedule.sizes)
     reference_size = check_size(reference_size, "reference_size")
     scaling = Scaling(base, plan, rule, reference_size, unit, tokens_per_sample)
@@ -150,7 +166,7 @@ def scaled(
     reference_size: int | None = None,
     unit: str = "steps",
     tokens_per_sample: int | None = None,
-) -> Callable[[int], float]:
+) -> Scaling:
     """A hyperparameter that follows the batch size: `base(t(k)) * rule(B(k) / reference_size)`.
 
     Args:
@@ -166,7 +182,14 @@ def scaled(
       tokens_per_sample: tokens in one sample, with `unit="tokens"`.
 
     Returns:
-      A function of the step `k` (an int >= 0) that returns a float.
+      A function of the step `k` (an int >= 0) that returns a float: a
+      `Scaling`, which pickles when `base` and `rule` do.
     """
-    return resolve(base, schedule, rule=rule, reference_size=reference_size, unit=unit,
-                   tokens_per_sample=tokens_per_sample)
+    return resolve(
+        base,
+        schedule,
+        rule=rule,
+        reference_size=reference_size,
+        unit=unit,
+        tokens_per_sample=tokens_per_sample,
+    )

@@ -14,12 +14,15 @@ SCHEDULE = rampup.piecewise({0: 16, 4: 32, 8: 64})
 OFFSETS = {0: 0, 3: 48, 4: 64, 5: 96, 8: 192, 9: 256}
 
 
-@pytest.mark.parametrize(("rule", "factors"), [
-    ("sqrt", {0: 0.5, 3: 0.5, 4: math.sqrt(0.5), 7: math.sqrt(0.5), 8: 1.0, 100: 1.0}),
-    ("linear", {0: 0.25, 3: 0.25, 4: 0.5, 7: 0.5, 8: 1.0, 100: 1.0}),
-    ("none", {0: 1.0, 4: 1.0, 8: 1.0}),
-    (lambda ratio: ratio**2, {0: 1 / 16, 4: 1 / 4, 8: 1.0}),
-])
+@pytest.mark.parametrize(
+    ("rule", "factors"),
+    [
+        ("sqrt", {0: 0.5, 3: 0.5, 4: math.sqrt(0.5), 7: math.sqrt(0.5), 8: 1.0, 100: 1.0}),
+        ("linear", {0: 0.25, 3: 0.25, 4: 0.5, 7: 0.5, 8: 1.0, 100: 1.0}),
+        ("none", {0: 1.0, 4: 1.0, 8: 1.0}),
+        (lambda ratio: ratio**2, {0: 1 / 16, 4: 1 / 4, 8: 1.0}),
+    ],
+)
 def test_each_rule_scales_a_constant_base_by_the_batch_ratio(rule, factors):
     lr = rampup.scaled(3e-4, SCHEDULE, rule=rule)
     for step, factor in factors.items():
@@ -31,11 +34,14 @@ def test_reference_size_is_the_size_the_base_was_tuned_for():
     assert [lr(0), lr(4), lr(8)] == pytest.approx([0.05, 0.1, 0.2], rel=1e-15)
 
 
-@pytest.mark.parametrize(("unit", "tokens_per_sample", "scale"), [
-    ("steps", None, None), ("samples", None, 1), ("tokens", 2048, 2048)])
+@pytest.mark.parametrize(
+    ("unit", "tokens_per_sample", "scale"),
+    [("steps", None, None), ("samples", None, 1), ("tokens", 2048, 2048)],
+)
 def test_the_base_is_a_function_of_steps_samples_or_tokens(unit, tokens_per_sample, scale):
-    lr = rampup.scaled(lambda t: t, SCHEDULE, rule="none", unit=unit,
-                       tokens_per_sample=tokens_per_sample)
+    lr = rampup.scaled(
+        lambda t: t, SCHEDULE, rule="none", unit=unit, tokens_per_sample=tokens_per_sample
+    )
     for step, offset in OFFSETS.items():
         assert lr(step) == (step if scale is None else offset * scale)
 
@@ -81,21 +87,28 @@ def test_an_unknown_rule_lists_the_valid_ones():
         rampup.scaled(1.0, SCHEDULE, rule="cubic")
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"base": "3e-4"}, TypeError, "base='3e-4'"),
-    ({"base": True}, TypeError, "base=True"),
-    ({"base": float("nan")}, ValueError, "finite"),
-    ({"rule": 2}, TypeError, "rule=2"),
-    ({"unit": "epochs"}, ValueError, "unit='epochs'.*steps, samples, tokens"),
-    ({"unit": None}, TypeError, "unit=None"),
-    ({"unit": "tokens"}, ValueError, "tokens_per_sample"),
-    ({"unit": "tokens", "tokens_per_sample": "2048"}, TypeError, "2048"),
-    ({"unit": "tokens", "tokens_per_sample": 0}, ValueError, "tokens_per_sample"),
-    ({"unit": "samples", "tokens_per_sample": 2048}, ValueError, "only used with unit='tokens'"),
-    ({"reference_size": "64"}, TypeError, "reference_size"),
-    ({"reference_size": 0}, ValueError, "reference_size"),
-    ({"reference_size": 64.0}, TypeError, "reference_size"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"base": "3e-4"}, TypeError, "base='3e-4'"),
+        ({"base": True}, TypeError, "base=True"),
+        ({"base": float("nan")}, ValueError, "finite"),
+        ({"rule": 2}, TypeError, "rule=2"),
+        ({"unit": "epochs"}, ValueError, "unit='epochs'.*steps, samples, tokens"),
+        ({"unit": None}, TypeError, "unit=None"),
+        ({"unit": "tokens"}, ValueError, "tokens_per_sample"),
+        ({"unit": "tokens", "tokens_per_sample": "2048"}, TypeError, "2048"),
+        ({"unit": "tokens", "tokens_per_sample": 0}, ValueError, "tokens_per_sample"),
+        (
+            {"unit": "samples", "tokens_per_sample": 2048},
+            ValueError,
+            "only used with unit='tokens'",
+        ),
+        ({"reference_size": "64"}, TypeError, "reference_size"),
+        ({"reference_size": 0}, ValueError, "reference_size"),
+        ({"reference_size": 64.0}, TypeError, "reference_size"),
+    ],
+)
 def test_bad_arguments_are_refused_up_front(kwargs, error, match):
     kwargs = {"base": 1.0, **kwargs}
     with pytest.raises(error, match=match):
@@ -117,8 +130,11 @@ def test_plan_counts_microbatches_per_process():
     plan = rampup.Plan(SCHEDULE)
     assert [plan.microbatches(k, 4, 2) for k in (0, 4, 8)] == [2, 4, 8]
     assert plan.check_microbatches(8, 2) == 8
-    with pytest.raises(ValueError, match=r"batch size 16 at step 0 .*microbatch_size=8 x "
-                                         r"process_count=4.*multiple of 32.*sizes: 32"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch size 16 at step 0 .*microbatch_size=8 x "
+        r"process_count=4.*multiple of 32.*sizes: 32",
+    ):
         plan.check_microbatches(8, 4)
     with pytest.raises(ValueError, match="batch size 32 at step 5 .*nearest valid sizes: 24, 48"):
         plan.microbatches(5, 24)
@@ -135,17 +151,38 @@ def test_rampup_preview_shows_the_lr_column(capsys, tmp_path):
     from rampup.cli import main
 
     spec = json.dumps(SCHEDULE.to_config())
-    assert main(["preview", "--schedule", spec, "--steps", "12", "--lr", "3e-4",
-                 "--lr-rule", "linear", "--lr-reference-size", "32"]) == 0
+    assert (
+        main(
+            [
+                "preview",
+                "--schedule",
+                spec,
+                "--steps",
+                "12",
+                "--lr",
+                "3e-4",
+                "--lr-rule",
+                "linear",
+                "--lr-reference-size",
+                "32",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("first step"))
     assert lines[head].split()[-1] == "lr"
-    assert [line.split()[-1] for line in lines[head + 2:head + 5]] == ["0.00015", "0.0003",
-                                                                       "0.0006"]
+    assert [line.split()[-1] for line in lines[head + 2 : head + 5]] == [
+        "0.00015",
+        "0.0003",
+        "0.0006",
+    ]
     assert main(["preview", "--schedule", spec, "--lr-reference-size", "32"]) == 2
     assert "--lr-reference-size needs --lr" in capsys.readouterr().err
     pytest.importorskip("matplotlib")
     png = tmp_path / "ramp.png"
-    assert main(["preview", "--schedule", spec, "--steps", "12", "--lr", "3e-4",
-                 "--plot", str(png)]) == 0
+    assert (
+        main(["preview", "--schedule", spec, "--steps", "12", "--lr", "3e-4", "--plot", str(png)])
+        == 0
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,12 +23,17 @@ def warmup(t):
     return 1e-2 * jnp.minimum(1.0, t / 4000)
 
 
-@pytest.mark.parametrize(("unit", "tokens_per_sample", "base"), [
-    ("steps", None, 3e-4), ("steps", None, warmup), ("samples", None, warmup),
-    ("tokens", TOKENS_PER_SAMPLE, lambda t: warmup(t / TOKENS_PER_SAMPLE))])
+@pytest.mark.parametrize(
+    ("unit", "tokens_per_sample", "base"),
+    [
+        ("steps", None, 3e-4),
+        ("steps", None, warmup),
+        ("samples", None, warmup),
+        ("tokens", TOKENS_PER_SAMPLE, lambda t: warmup(t / TOKENS_PER_SAMPLE)),
+    ],
+)
 @pytest.mark.parametrize("rule", ["sqrt", "linear"])
-def test_jit_and_vmap_equal_scaled_at_every_step_of_the_ramp(unit, tokens_per_sample, base,
-                                                             rule):
+def test_jit_and_vmap_equal_scaled_at_every_step_of_the_ramp(unit, tokens_per_sample, base, rule):
     kwargs = {"rule": rule, "unit": unit, "tokens_per_sample": tokens_per_sample}
     expected = np.array([rampup.scaled(base, RAMP, **kwargs)(k) for k in range(STEPS)])
     schedule = optax_schedule(base, RAMP, **kwargs)
@@ -74,7 +79,8 @@ def test_sgd_applies_the_scaled_rate_at_each_step_in_a_jitted_update():
 def test_inject_hyperparams_adamw_in_a_jitted_update():
     lr = rampup.scaled(warmup, RAMP, unit="samples")
     optimizer = optax.inject_hyperparams(optax.adamw)(
-        learning_rate=optax_schedule(warmup, RAMP, unit="samples"), weight_decay=1e-4)
+        learning_rate=optax_schedule(warmup, RAMP, unit="samples"), weight_decay=1e-4
+    )
     # The same adamw with the rate set from the host, step by step: the oracle.
     reference = optax.inject_hyperparams(optax.adamw)(learning_rate=0.0, weight_decay=1e-4)
     params = ref_params = {"w": jnp.linspace(-1.0, 1.0, 4)}
@@ -121,8 +127,9 @@ def test_bad_arguments_are_refused_like_scaled():
 def test_token_counts_past_int32_reach_an_optax_base_as_floats():
     # 2048-token samples: the run passes 2**31 tokens before step 5,000.
     schedule = rampup.linear(256, 256, 2_000_000, 2048)
-    base = optax.warmup_cosine_decay_schedule(0.0, 3e-4, warmup_steps=2_000_000_000,
-                                              decay_steps=300_000_000_000)
+    base = optax.warmup_cosine_decay_schedule(
+        0.0, 3e-4, warmup_steps=2_000_000_000, decay_steps=300_000_000_000
+    )
     steps = [0, 10, 1000, 5000, 50_000, 200_000]
     kwargs = {"unit": "tokens", "tokens_per_sample": 2048}
     expected = [rampup.scaled(lambda t: base(float(t)), schedule, **kwargs)(k) for k in steps]

@@ -29,23 +29,30 @@ def host_warmup(t):
     return 1e-2 * min(1.0, t / 4000)
 
 
-@pytest.mark.parametrize(("base", "host_base", "unit", "tokens_per_sample"), [
-    (3e-4, 3e-4, "steps", None), (DECAY, host_decay, "steps", None),
-    (DECAY, host_decay, "samples", None), (warmup, host_warmup, "samples", None),
-    (lambda t: warmup(t / 256), lambda t: host_warmup(t / 256), "tokens", 256)])
+@pytest.mark.parametrize(
+    ("base", "host_base", "unit", "tokens_per_sample"),
+    [
+        (3e-4, 3e-4, "steps", None),
+        (DECAY, host_decay, "steps", None),
+        (DECAY, host_decay, "samples", None),
+        (warmup, host_warmup, "samples", None),
+        (lambda t: warmup(t / 256), lambda t: host_warmup(t / 256), "tokens", 256),
+    ],
+)
 @pytest.mark.parametrize("rule", ["sqrt", "linear"])
-def test_equals_scaled_at_every_step_eager_and_in_a_graph(base, host_base, unit,
-                                                          tokens_per_sample, rule):
+def test_equals_scaled_at_every_step_eager_and_in_a_graph(
+    base, host_base, unit, tokens_per_sample, rule
+):
     kwargs = {"rule": rule, "unit": unit, "tokens_per_sample": tokens_per_sample}
     expected = np.array([rampup.scaled(host_base, RAMP, **kwargs)(k) for k in range(STEPS)])
     lr = ScaledLearningRate(base, RAMP, **kwargs)
     graph = tf.function(lr)
     steps = tf.range(STEPS, dtype=tf.int64)
     np.testing.assert_allclose(graph(steps).numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose([float(graph(tf.constant(k, tf.int64))) for k in range(STEPS)],
-                               expected, rtol=1e-6)
-    np.testing.assert_allclose([float(lr(k)) for k in range(0, STEPS, 7)], expected[::7],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(graph(tf.constant(k, tf.int64))) for k in range(STEPS)], expected, rtol=1e-6
+    )
+    np.testing.assert_allclose([float(lr(k)) for k in range(0, STEPS, 7)], expected[::7], rtol=1e-6)
 
 
 def test_sgd_steps_with_the_scaled_rate():
@@ -82,8 +89,9 @@ def test_an_optimizer_serializes_and_deserializes_with_it():
     schedule = restored._learning_rate
     assert isinstance(schedule, ScaledLearningRate)
     expected = rampup.scaled(1e-3, RAMP)
-    np.testing.assert_allclose([float(schedule(k)) for k in range(STEPS)],
-                               [expected(k) for k in range(STEPS)], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(schedule(k)) for k in range(STEPS)], [expected(k) for k in range(STEPS)], rtol=1e-6
+    )
 
 
 def test_a_callable_rule_runs_but_has_no_config():

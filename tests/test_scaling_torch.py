@@ -104,9 +104,16 @@ def test_microbatches_hold_m_rows_and_concatenate_to_the_plain_batch_any_workers
 
 def test_two_ranks_microbatches_concatenate_to_the_global_batch():
     plain = collect(RampupIterableDataset(Rows(), SCHEDULE, shuffle=True, seed=3), 8)
-    ranks = [collect(RampupIterableDataset(Rows(), SCHEDULE, shuffle=True, seed=3, rank=r,
-                                           world_size=2, microbatch_size=2), 8, workers)
-             for r, workers in ((0, 2), (1, 0))]
+    ranks = [
+        collect(
+            RampupIterableDataset(
+                Rows(), SCHEDULE, shuffle=True, seed=3, rank=r, world_size=2, microbatch_size=2
+            ),
+            8,
+            workers,
+        )
+        for r, workers in ((0, 2), (1, 0))
+    ]
     for step, batch in enumerate(plain):
         counts = [len(rank[step]) for rank in ranks]
         assert counts == [SCHEDULE(step) // (2 * 2)] * 2
@@ -126,15 +133,27 @@ def test_every_sample_once_per_epoch_in_microbatches_with_a_partial_last_batch()
 def test_a_size_that_does_not_split_is_refused_when_built():
     with pytest.raises(ValueError, match=r"batch size 8 at step 0 .*microbatch_size=3.*6, 9"):
         RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=3)
-    with pytest.raises(ValueError, match=r"batch size 8 at step 0 .*microbatch_size=8 x "
-                                         r"process_count=2.*16"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch size 8 at step 0 .*microbatch_size=8 x "
+        r"process_count=2.*16",
+    ):
         RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=8, rank=0, world_size=2)
     # The last batch holds 50 - 40 = 10 samples: micro-batches of 4 cannot hold them.
-    with pytest.raises(ValueError, match=r"batch size 10 in the last batch \(step 4.*"
-                                         r"microbatch_size=4.*8, 12.*drop_remainder=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch size 10 in the last batch \(step 4.*"
+        r"microbatch_size=4.*8, 12.*drop_remainder=True",
+    ):
         RampupIterableDataset(Rows(), SCHEDULE, num_epochs=1, microbatch_size=4)
-    assert len(RampupIterableDataset(Rows(), SCHEDULE, num_epochs=1, microbatch_size=4,
-                                     drop_remainder=True)) == 4
+    assert (
+        len(
+            RampupIterableDataset(
+                Rows(), SCHEDULE, num_epochs=1, microbatch_size=4, drop_remainder=True
+            )
+        )
+        == 4
+    )
     with pytest.raises(ValueError, match="batch size 8 at step 0"):
         RampupIterableDataset(Stream(), SCHEDULE, microbatch_size=16)
     with pytest.raises(TypeError, match="microbatch_size"):
@@ -142,8 +161,9 @@ def test_a_size_that_does_not_split_is_refused_when_built():
 
 
 def test_a_stream_source_yields_microbatches_too():
-    got = collect(RampupIterableDataset(Stream(), SCHEDULE, microbatch_size=4,
-                                        drop_remainder=True), 100)
+    got = collect(
+        RampupIterableDataset(Stream(), SCHEDULE, microbatch_size=4, drop_remainder=True), 100
+    )
     assert [len(step) for step in got] == [2, 2, 2, 4]
     assert torch.equal(torch.cat([m for step in got for m in step]), torch.arange(40))
     # A stream's end is known only when reached: 10 left at step 4 do not split into 4s.
