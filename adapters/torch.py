@@ -80,15 +80,25 @@ def _rows(batch: Any, step: int) -> int:
     return int(shapes[0][0])
 
 
+def _init_fields(batch: Any) -> list[str]:
+    """The fields a dataclass batch is rebuilt from (as the collate stacks them)."""
+    return [f.name for f in dataclasses.fields(batch) if f.init]
+
+
 def _leaves(batch: Any) -> list[Any]:
+    if batch is None:  # a None leaf (the collate keeps it) has no rows to cut
+        return []
     if isinstance(batch, Mapping):
         return [leaf for v in batch.values() for leaf in _leaves(v)]
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return [leaf for name in _init_fields(batch) for leaf in _leaves(getattr(batch, name))]
     if isinstance(batch, (list, tuple)):
         return [leaf for v in batch for leaf in _leaves(v)]
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         return [batch]
     raise TypeError(f"a {type(batch).__name__} leaf cannot be cut into micro-batches; "
-                    "microbatch_size needs batches whose leaves are tensors or NumPy arrays")
+                    "microbatch_size needs batches whose leaves are tensors, NumPy arrays "
+                    "or None")
 
 
 def _split(batch: Any, count: int) -> list[Any]:
@@ -98,9 +108,15 @@ def _split(batch: Any, count: int) -> list[Any]:
     if isinstance(batch, np.ndarray):
         return np.split(batch, count)
     kind: Any = type(batch)
+    if batch is None:
+        return [None] * count
     if isinstance(batch, Mapping):
         parts = {k: _split(v, count) for k, v in batch.items()}
-        return [kind({k: p[j] for k, p in parts.items()}) for j in range(count)]
+        return [mapping_like(batch, {k: p[j] for k, p in parts.items()}) for j in range(count)]
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        fields = {name: _split(getattr(batch, name), count) for name in _init_fields(batch)}
+        return [dataclasses.replace(batch, **{k: p[j] for k, p in fields.items()})
+                for j in range(count)]
     columns = [_split(v, count) for v in batch]
     if hasattr(batch, "_fields"):
         return [kind(*(c[j] for c in columns)) for j in range(count)]

@@ -1,5 +1,7 @@
 """PyTorch: LambdaLR driven by the plan, and fixed-shape micro-batches (real torch, CPU)."""
 
+import collections
+import dataclasses
 import io
 
 import numpy as np
@@ -169,3 +171,38 @@ def test_a_stream_source_yields_microbatches_too():
     # A stream's end is known only when reached: 10 left at step 4 do not split into 4s.
     with pytest.raises(ValueError, match=r"batch size 10 at step 4 .*8, 12"):
         collect(RampupIterableDataset(Stream(), SCHEDULE, microbatch_size=4), 100)
+
+
+@dataclasses.dataclass
+class Sample:
+    x: np.ndarray
+    index: np.int64
+    note: None = None
+
+
+class Samples(Dataset):
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return Sample(np.full(2, i, dtype=np.float32), np.int64(i))
+
+
+class Counts(Dataset):
+    def __len__(self):
+        return N
+
+    def __getitem__(self, i):
+        return collections.defaultdict(int, {"index": np.int64(i)})
+
+
+def test_dataclass_defaultdict_and_none_leaves_keep_their_types_in_microbatches():
+    got = collect(RampupIterableDataset(Samples(), SCHEDULE, microbatch_size=4), 4)
+    for step, micro in enumerate(got):
+        assert all(type(m) is Sample and m.x.shape == (4, 2) and m.note is None for m in micro)
+        start = rampup.Plan(SCHEDULE).offset(step)
+        indices = torch.cat([m.index for m in micro])
+        assert torch.equal(indices, torch.arange(start, start + SCHEDULE(step)))
+    counts = collect(RampupIterableDataset(Counts(), SCHEDULE, microbatch_size=4), 1)[0]
+    assert [type(m) for m in counts] == [collections.defaultdict] * 2
+    assert counts[0]["missing"] == 0  # the factory came along
