@@ -11,6 +11,7 @@ from rampup.batching import (
     StreamBatcher,
 )
 from rampup.collate import default_collate
+from rampup.noise import NoiseScale
 from rampup.plan import Plan, Segment
 from rampup.scaling import scaled
 from rampup.schedules import (
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STATE_VERSION",
     "BatchIterator",
+    "NoiseScale",
     "Plan",
     "RampupBatches",
     "Schedule",
