@@ -211,6 +211,12 @@ def to_tf_dataset(
 
 def _segmented_plan(schedule: Schedule | Plan) -> Plan:
     plan = as_plan(schedule)
+    if plan.schedule.decided_until is not None:
+        raise ValueError(
+            f"rampup_batch fixes the ramp inside the tf.data graph when it is built, but "
+            f"{plan.schedule} is decided online. Batch in Python with "
+            "to_tf_dataset(RampupBatches(source, schedule)), which follows every decision"
+        )
     if not plan.schedule.segmented:
         raise ValueError(
             f"rampup_batch builds the ramp inside tf.data from the schedule's segments, and "

@@ -4,6 +4,7 @@ The core imports NumPy and the standard library only; the framework adapters
 live in `rampup.adapters` and import their framework themselves.
 """
 
+from rampup.adaptive import AdaptiveSchedule, Decision, GrowthPolicy
 from rampup.batching import (
     STATE_VERSION,
     BatchIterator,
@@ -27,6 +28,9 @@ from rampup.schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSchedule",
+    "Decision",
+    "GrowthPolicy",
     "STATE_VERSION",
     "BatchIterator",
     "NoiseScale",

@@ -62,7 +62,7 @@ def make_state(plan: Plan, step: int, position: int, **extra: Any) -> dict[str, 
         VERSION_KEY: STATE_VERSION,
         STEP_KEY: step,
         POSITION_KEY: position,
-        SCHEDULE_KEY: plan.schedule.fingerprint,
+        SCHEDULE_KEY: plan.schedule.fingerprint_at(step),
         **extra,
     }
 
@@ -94,7 +94,7 @@ def read_state(
         )
     step = check_count(state[STEP_KEY], "state step")
     position = check_count(state[POSITION_KEY], "state position")
-    fingerprint = plan.schedule.fingerprint
+    fingerprint = plan.schedule.fingerprint_at(step)
     if state[SCHEDULE_KEY] != fingerprint and on_schedule_change == "raise":
         raise ValueError(
             f"the state at step {step} was written under schedule {state[SCHEDULE_KEY]}, "

@@ -60,9 +60,11 @@ class Plan:
         # Segments: the first step, size and offset of each run of equal size. A from_fn
         # schedule's grow on demand up to the frontier `_known` (steps evaluated so far),
         # append-only, a segment complete in all three lists before `_known` passes it, so
-        # readers of steps below `_known` need no lock.
-        self._starts = list(schedule.starts)
-        self._sizes = list(schedule.sizes)
+        # readers of steps below `_known` need no lock. An online schedule (AdaptiveSchedule)
+        # appends segments too: `_sync` takes them in.
+        self._revision, starts, sizes, self._decided_until = schedule.snapshot()
+        self._starts = list(starts)
+        self._sizes = list(sizes)
         self._offsets = [0]
         self._lock = threading.Lock()
         self._known = 0
@@ -90,6 +92,28 @@ class Plan:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["schedule"])
+
+    def _sync(self, step: int | None = None) -> None:
+        """Takes in the segments an online schedule added; refuses a step not decided yet.
+
+        New segments start at or after the old `decided_until`, so appending
+        them never changes an answer another thread may be reading.
+        """
+        if self.schedule.revision != self._revision:
+            with self._lock:
+                revision, starts, sizes, decided_until = self.schedule.snapshot()
+                if list(starts[:len(self._starts)]) != self._starts:  # restored: start over
+                    Plan.__init__(self, self.schedule)
+                    return self._sync(step)
+                for start, size in zip(starts[len(self._starts):], sizes[len(self._starts):],
+                                       strict=True):
+                    steps = start - self._starts[-1]
+                    self._offsets.append(self._offsets[-1] + steps * self._sizes[-1])
+                    self._sizes.append(size)
+                    self._starts.append(start)
+                self._decided_until, self._revision = decided_until, revision
+        if step is not None and self._decided_until is not None and step >= self._decided_until:
+            raise self.schedule.undecided(step, self._decided_until)
 
     def _grow_to_step(self, step: int) -> None:
         """Evaluates a from_fn schedule up to `step`, keeping runs of equal size."""
@@ -195,6 +219,7 @@ class Plan:
         step = check_count(step, "step")
         if not self.schedule.segmented:
             self._grow_to_step(step)
+        self._sync(step)
         return self._sizes[bisect.bisect_right(self._starts, step) - 1]
 
     def offset(self, step: int) -> int:
@@ -202,6 +227,7 @@ class Plan:
         step = check_count(step, "step")
         if not self.schedule.segmented:
             self._grow_to_step(step)
+        self._sync(step - 1 if step else None)
         i = bisect.bisect_right(self._starts, step) - 1
         return self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
 
@@ -215,8 +241,11 @@ class Plan:
         position = check_count(position, "position")
         if not self.schedule.segmented:
             self._grow_to_position(position)
+        self._sync()
         i = bisect.bisect_right(self._offsets, position) - 1
-        return self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
+        step = self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
+        self._sync(step)
+        return step
 
     def local_bounds(self, step: int, process_index: int, process_count: int) -> tuple[int, int]:
         """The positions `[start, stop)` of process `process_index`'s slice of batch `step`."""
@@ -381,6 +410,7 @@ class Plan:
             until_step = check_count(until_step, "until_step")
         if not self.schedule.segmented and until_step:
             self._grow_to_step(until_step - 1)
+        self._sync(None if not until_step else until_step - 1)
         out = []
         for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
             if until_step is not None and start >= until_step:

@@ -245,6 +245,33 @@ class Schedule:
             text = self.config
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def fingerprint_at(self, step: int) -> str:
+        """The fingerprint a checkpoint state at `step` records: the whole schedule's here.
+
+        An online schedule (`AdaptiveSchedule`) answers for the sizes of the
+        steps before `step` only, the part of it a state at `step` depends on.
+        """
+        return self.fingerprint
+
+    @property
+    def revision(self) -> int:
+        """How many times the schedule changed; 0 forever unless decided online."""
+        return 0
+
+    @property
+    def decided_until(self) -> int | None:
+        """The first step whose size may still change; None when every step is fixed."""
+        return None
+
+    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int | None]:
+        """`(revision, starts, sizes, decided_until)`, consistent with one another."""
+        return self.revision, self.starts, self.sizes, self.decided_until
+
+    def undecided(self, step: int, decided_until: int) -> Exception:
+        """The error for a size asked at `step`, which is not decided yet."""
+        return ValueError(f"the batch size at step {step} is not decided yet "
+                          f"(steps < {decided_until} are)")
+
     def __str__(self) -> str:
         if self.fn is not None:
             return f"Schedule(from_fn, name={self.name!r})"

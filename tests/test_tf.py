@@ -14,6 +14,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from rampup import (  # noqa: E402
+    AdaptiveSchedule,
     Plan,
     RampupBatches,
     StreamBatcher,
@@ -331,3 +332,9 @@ def test_mirrored_strategy_rejects_a_size_that_does_not_divide():
 
     with pytest.raises(ValueError, match=r"batch size 9 at step 5 .*process_count=2"):
         strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def test_native_ramp_refuses_a_schedule_decided_online():
+    schedule = AdaptiveSchedule(8, lag=4)
+    with pytest.raises(ValueError, match="decided online.*to_tf_dataset"):
+        rampup_batch(tf.data.Dataset.range(100), schedule)

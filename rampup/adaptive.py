@@ -1,0 +1,413 @@
+"""A schedule decided online: the batch size follows the measured gradient noise scale.
+
+`AdaptiveSchedule.propose(step, noise_scale)` is called once per training step,
+after the step. It may fix a new size from step `step + lag` on, never earlier,
+so every step below `decided_until = last proposal + 1 + lag` is fixed for good
+and every batch a pipeline builds ahead (up to `lag - 1` steps past the
+training step) has its final size. Asking for a step past `decided_until`
+raises instead of guessing. The decisions are the schedule's checkpoint state;
+a `Plan` over the schedule takes in new decisions as they are made.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import numbers
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from rampup.schedules import Rules, Schedule, check_count, check_size
+
+ADAPTIVE_STATE_VERSION = 1
+VERSION_KEY = "version"
+CONFIG_KEY = "config"
+DECISIONS_KEY = "decisions"
+PROPOSED_UNTIL_KEY = "proposed_until"
+STREAK_KEY = "streak"
+
+
+@dataclass(frozen=True)
+class GrowthPolicy:
+    """When an `AdaptiveSchedule` changes the size: whole factors, after a streak.
+
+    The size grows to the next legal size `current * factor` (or the largest
+    legal size below it, at `max_size` or with `allowed_sizes`) once the noise
+    scale has been at or above that next size for `patience` consecutive
+    proposals. It shrinks only with `shrink=True`, by the same rule downwards
+    (the noise scale below `current / factor` for `patience` proposals). A
+    proposal in between resets the streak, so an estimate hovering around a
+    threshold never flaps.
+
+    Attributes:
+      factor: the growth factor, an int >= 2.
+      patience: consecutive proposals past a threshold before a change, an int >= 1.
+      shrink: also shrink when the noise scale falls.
+    """
+
+    factor: int = 2
+    patience: int = 3
+    shrink: bool = False
+
+    def __post_init__(self) -> None:
+        check_count(self.factor, "GrowthPolicy factor", 2)
+        check_count(self.patience, "GrowthPolicy patience", 1)
+        if not isinstance(self.shrink, bool):
+            raise TypeError(f"GrowthPolicy shrink must be a bool, got {self.shrink!r}")
+
+    def config(self) -> dict[str, Any]:
+        """The policy as JSON-able config entries."""
+        return {"factor": self.factor, "patience": self.patience, "shrink": self.shrink}
+
+
+class Decision(NamedTuple):
+    """A size change made by `AdaptiveSchedule.propose`.
+
+    Attributes:
+      step: the training step that proposed it.
+      start: the first step with the new size (`step + lag`).
+      size: the new global batch size.
+      noise_scale: the estimate it was made on.
+    """
+
+    step: int
+    start: int
+    size: int
+    noise_scale: float
+
+
+class _Log:
+    """The mutable part of an AdaptiveSchedule, behind its lock."""
+
+    def __init__(self, initial_size: int) -> None:
+        self.lock = threading.Lock()
+        self.starts = [0]
+        self.sizes = [initial_size]
+        self.proposed_until = 0
+        self.streak = 0
+        self.revision = 0
+
+
+class AdaptiveSchedule(Schedule):
+    """A `Schedule` whose future is decided online, usable wherever a schedule is.
+
+    Args:
+      initial_size: the size until the first decision takes effect.
+      multiple_of: every size is a multiple of it (data-parallel size x
+        micro-batch size; the mesh's data axis).
+      min_size: the smallest size a shrink may reach.
+      max_size: the largest size a growth may reach.
+      lag: a decision made at step `k` applies from step `k + lag` on. It must
+        exceed how far the pipeline builds ahead of training (`check_lag`).
+      policy: when to change the size; default `GrowthPolicy()`.
+      allowed_sizes: if given, the only sizes a decision may pick (e.g. the
+        batch shapes already compiled), besides `initial_size`.
+    """
+
+    def __init__(
+        self,
+        initial_size: int,
+        *,
+        multiple_of: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        lag: int = 16,
+        policy: GrowthPolicy | None = None,
+        allowed_sizes: Iterable[int] | None = None,
+    ) -> None:
+        rules = Rules(multiple_of or 1, min_size or 1, max_size)
+        initial_size = rules.check(check_size(initial_size, "initial_size"), 0)
+        lag = check_count(lag, "lag", 1)
+        policy = GrowthPolicy() if policy is None else policy
+        if not isinstance(policy, GrowthPolicy):
+            raise TypeError(f"policy must be a rampup.GrowthPolicy, got {policy!r}")
+        allowed = None
+        if allowed_sizes is not None:
+            allowed = tuple(sorted({rules.check(check_size(s, "allowed_sizes"), 0)
+                                    for s in allowed_sizes}))
+        config = {"type": "adaptive", "initial_size": initial_size, "lag": lag,
+                  "policy": policy.config(), **rules.config()}
+        if allowed is not None:
+            config["allowed_sizes"] = list(allowed)
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        for name, value in (("config", text), ("rules", rules), ("fn", None), ("name", None),
+                            ("max_step", None),
+                            ("initial_size", initial_size), ("lag", lag), ("policy", policy),
+                            ("allowed_sizes", allowed), ("_log", _Log(initial_size))):
+            object.__setattr__(self, name, value)
+
+    # The dataclass fields of Schedule, read from the decisions so far.
+    @property  # type: ignore[override]
+    def starts(self) -> tuple[int, ...]:
+        """The first step of each decided segment."""
+        with self._log.lock:
+            return tuple(self._log.starts)
+
+    @property  # type: ignore[override]
+    def sizes(self) -> tuple[int, ...]:
+        """The size of each decided segment; the last one holds until a new decision."""
+        with self._log.lock:
+            return tuple(self._log.sizes)
+
+    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int | None]:
+        """`(revision, starts, sizes, decided_until)`, consistent with one another."""
+        log = self._log
+        with log.lock:
+            return (log.revision, tuple(log.starts), tuple(log.sizes),
+                    log.proposed_until + self.lag)
+
+    @property
+    def revision(self) -> int:
+        """Counts the proposals and restores; a `Plan` refreshes when it changes."""
+        return self._log.revision
+
+    @property
+    def decided_until(self) -> int:
+        """The first step whose size a later proposal may still change."""
+        return self._log.proposed_until + self.lag
+
+    def __hash__(self) -> int:
+        return hash(self.config)
+
+    def __call__(self, step: int) -> int:
+        step = check_count(step, "step")
+        revision, starts, sizes, decided_until = self.snapshot()
+        if step >= decided_until:
+            raise self.undecided(step, decided_until)
+        return sizes[bisect.bisect_right(starts, step) - 1]
+
+    def undecided(self, step: int, decided_until: int) -> Exception:
+        """The error for a size asked at `step` before it is decided."""
+        return ValueError(
+            f"the batch size at step {step} is not decided yet: the adaptive schedule has "
+            f"proposals up to step {decided_until - self.lag - 1} and lag={self.lag}, so only "
+            f"steps < {decided_until} are fixed. The pipeline builds further ahead of training "
+            f"than lag allows: make lag larger than its run-ahead (prefetch depth, "
+            "num_workers * prefetch_factor), call propose() at every step, and restart loaders "
+            "whose workers are other processes (they hold a copy of the decisions) with "
+            "rampup.adapters.torch.follow or from the iterator state")
+
+    def check_lag(self, run_ahead: int, what: str = "the pipeline") -> None:
+        """Refuses a pipeline that builds `run_ahead` steps past training: lag must exceed it.
+
+        Raises:
+          ValueError: `lag <= run_ahead`, naming both and the fix.
+        """
+        run_ahead = check_count(run_ahead, "run_ahead")
+        if self.lag <= run_ahead:
+            raise ValueError(
+                f"{what} builds batches up to {run_ahead} steps ahead of training, but the "
+                f"adaptive schedule's lag={self.lag} fixes sizes only {self.lag - 1} steps "
+                f"ahead; build it with lag >= {run_ahead + 1} or build fewer batches ahead")
+
+    # --- decisions ---
+
+    def _legal(self, size: int) -> bool:
+        rules = self.rules
+        if size < rules.min_size or size % rules.multiple_of:
+            return False
+        if rules.max_size is not None and size > rules.max_size:
+            return False
+        return self.allowed_sizes is None or size in self.allowed_sizes
+
+    def _grown(self, current: int) -> int | None:
+        """The largest legal size in `(current, current * factor]`, None if there is none."""
+        target = current * self.policy.factor
+        if self.allowed_sizes is not None:
+            fits = [s for s in self.allowed_sizes if current < s <= target and self._legal(s)]
+            return fits[-1] if fits else None
+        if self.rules.max_size is not None:
+            target = min(target, self.rules.max_size)
+        target -= target % self.rules.multiple_of
+        return target if target > current and self._legal(target) else None
+
+    def _shrunk(self, current: int) -> int | None:
+        """The smallest legal size in `[current / factor, current)`, None if there is none."""
+        floor = -(-current // self.policy.factor)
+        if self.allowed_sizes is not None:
+            fits = [s for s in self.allowed_sizes if floor <= s < current and self._legal(s)]
+            return fits[0] if fits else None
+        floor = max(floor, self.rules.min_size)
+        floor += -floor % self.rules.multiple_of
+        return floor if floor < current and self._legal(floor) else None
+
+    def propose(self, step: int, noise_scale: float | None) -> Decision | None:
+        """Offers the noise scale measured at training step `step`; call it at every step.
+
+        Args:
+          step: the training step just taken; proposals go forward (each `step`
+            above the last one).
+          noise_scale: the estimate (`NoiseScale.value`), or None when there is
+            none yet: the step still counts, only the streak does not move.
+
+        Returns:
+          The `Decision` when the size changes from `step + lag` on, else None.
+        """
+        step = check_count(step, "propose step")
+        estimate = _estimate(noise_scale, step)
+        log = self._log
+        with log.lock:
+            if step < log.proposed_until:
+                raise ValueError(
+                    f"propose(step={step}): proposals go forward, and step "
+                    f"{log.proposed_until - 1} was proposed already; the next proposal must be "
+                    f"at step >= {log.proposed_until}")
+            current = log.sizes[-1]
+            decision = None
+            if estimate is not None:
+                decision = self._decide(step, current, estimate)
+            if decision is not None:
+                log.starts.append(decision.start)
+                log.sizes.append(decision.size)
+            log.proposed_until = step + 1
+            log.revision += 1
+        return decision
+
+    def _decide(self, step: int, current: int, estimate: float) -> Decision | None:
+        log = self._log
+        grown = self._grown(current)
+        shrunk = self._shrunk(current) if self.policy.shrink else None
+        if grown is not None and estimate >= grown:
+            log.streak = max(log.streak, 0) + 1
+            new = grown
+        elif shrunk is not None and estimate < shrunk:
+            log.streak = min(log.streak, 0) - 1
+            new = shrunk
+        else:
+            log.streak = 0
+            return None
+        if abs(log.streak) < self.policy.patience:
+            return None
+        log.streak = 0
+        return Decision(step, step + self.lag, new, estimate)
+
+    @property
+    def decisions(self) -> list[tuple[int, int]]:
+        """`(start, size)` of every decision so far, in order."""
+        with self._log.lock:
+            return list(zip(self._log.starts[1:], self._log.sizes[1:], strict=True))
+
+    # --- identity and state ---
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the configuration and every decision made so far."""
+        return self._fingerprint(len(self._log.starts))
+
+    def fingerprint_at(self, step: int) -> str:
+        """Identifies the configuration and the sizes of the steps before `step`.
+
+        A data state written at `step` records this: a resume of the same run
+        matches it whatever was decided since, a run with other sizes before
+        `step` does not.
+
+        Raises:
+          ValueError: steps before `step` are not all decided yet.
+        """
+        step = check_count(step, "step")
+        revision, starts, sizes, decided_until = self.snapshot()
+        if step > decided_until:
+            raise ValueError(
+                f"a state at step {step} needs the adaptive schedule's decisions up to step "
+                f"{step}, but they are known only for steps < {decided_until}: restore the "
+                "schedule state saved with the data state first")
+        return self._fingerprint(bisect.bisect_left(starts, step))
+
+    def _fingerprint(self, count: int) -> str:
+        with self._log.lock:
+            segments = list(zip(self._log.starts[:count], self._log.sizes[:count], strict=True))
+        text = json.dumps([self.config, segments], separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def get_state(self) -> dict[str, Any]:
+        """The decisions and the policy's progress; JSON-able ints and strings."""
+        log = self._log
+        with log.lock:
+            return {
+                VERSION_KEY: ADAPTIVE_STATE_VERSION,
+                CONFIG_KEY: self.config,
+                DECISIONS_KEY: [[start, size] for start, size in
+                                zip(log.starts[1:], log.sizes[1:], strict=True)],
+                PROPOSED_UNTIL_KEY: log.proposed_until,
+                STREAK_KEY: log.streak,
+            }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Replaces the decisions with those of a state written by `get_state`.
+
+        Raises:
+          ValueError: the state is malformed, or of another configuration.
+        """
+        keys = (VERSION_KEY, CONFIG_KEY, DECISIONS_KEY, PROPOSED_UNTIL_KEY, STREAK_KEY)
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise ValueError(f"not an adaptive schedule state: expected keys {keys}, got "
+                             f"{state!r}")
+        if state[VERSION_KEY] != ADAPTIVE_STATE_VERSION:
+            raise ValueError(f"adaptive schedule state version {state[VERSION_KEY]!r} is not "
+                             f"supported; this rampup reads version {ADAPTIVE_STATE_VERSION}")
+        if state[CONFIG_KEY] != self.config:
+            raise ValueError(f"the adaptive schedule state was written by {state[CONFIG_KEY]}, "
+                             f"this schedule is {self.config}; build it with the same arguments")
+        proposed_until = check_count(state[PROPOSED_UNTIL_KEY], "state proposed_until")
+        streak = state[STREAK_KEY]
+        if isinstance(streak, bool) or not isinstance(streak, int):
+            raise ValueError(f"adaptive schedule state: streak must be an int, got {streak!r}")
+        starts, sizes = [0], [self.initial_size]
+        for item in state[DECISIONS_KEY]:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ValueError(f"adaptive schedule state: a decision is [start, size], got "
+                                 f"{item!r}")
+            start = check_count(item[0], "decision start")
+            if start <= starts[-1] or start > proposed_until - 1 + self.lag:
+                raise ValueError(f"adaptive schedule state: decision {item!r} is out of order "
+                                 f"or past the proposals (proposed_until={proposed_until})")
+            starts.append(start)
+            sizes.append(self.rules.check(item[1], start))
+        log = self._log
+        with log.lock:
+            log.starts, log.sizes = starts, sizes
+            log.proposed_until, log.streak = proposed_until, streak
+            log.revision += 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"args": json.loads(self.config), "state": self.get_state()}
+
+    def __setstate__(self, pickled: dict[str, Any]) -> None:
+        args = dict(pickled["args"])
+        args.pop("type")
+        policy = GrowthPolicy(**args.pop("policy"))
+        self.__init__(args.pop("initial_size"), policy=policy, **args)
+        self.set_state(pickled["state"])
+
+    def __reduce__(self) -> Any:
+        return (_unpickle, (self.__getstate__(),))
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{s}: {b}" for s, b in zip(self.starts, self.sizes, strict=True))
+        return (f"AdaptiveSchedule(step -> size {{{parts}}}, decided until step "
+                f"{self.decided_until}, lag={self.lag})")
+
+    __repr__ = __str__
+
+
+def _unpickle(pickled: dict[str, Any]) -> AdaptiveSchedule:
+    schedule = AdaptiveSchedule.__new__(AdaptiveSchedule)
+    schedule.__setstate__(pickled)
+    return schedule
+
+
+def _estimate(noise_scale: Any, step: int) -> float | None:
+    if noise_scale is None:
+        return None
+    if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
+        raise TypeError(f"propose(step={step}): noise_scale must be a number or None (no "
+                        f"estimate yet), got {noise_scale!r}")
+    value = float(noise_scale)
+    if math.isnan(value):
+        raise ValueError(f"propose(step={step}): noise_scale is NaN; pass None when there is "
+                         "no estimate")
+    return value
