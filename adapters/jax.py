@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rampup.adaptive import AdaptiveSchedule
 from rampup.batching import as_plan
 from rampup.plan import Plan, microbatch_count, not_divisible
 from rampup.protocol import ScheduledIterator
@@ -43,6 +44,7 @@ __all__ = [
     "check_schedule",
     "data_axis_size",
     "device_batches",
+    "grad_with_noise_norms",
     "optax_schedule",
     "precompile",
     "process_layout",
@@ -304,6 +306,10 @@ class DeviceBatches(Iterator[Any]):
         self._scheduled = isinstance(self.source, ScheduledIterator)
         if self._scheduled:
             self._check_source(self.source)
+            schedule = self.source.plan.schedule
+            if isinstance(schedule, AdaptiveSchedule):
+                # The thread builds up to `prefetch` steps past the one training takes.
+                schedule.check_lag(self.prefetch, f"device_batches(prefetch={self.prefetch})")
         else:
             warnings.warn(
                 f"device_batches got a {type(self.source).__name__}, not a rampup batch iterator "
@@ -598,3 +604,45 @@ def optax_schedule(
         return jnp.asarray(scaling.base(t), real) * factor
 
     return value
+
+
+def _sq_norm(tree: Any) -> jax.Array:
+    return sum((jnp.sum(jnp.square(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree)),
+               jnp.zeros((), jnp.float32))
+
+
+def grad_with_noise_norms(
+    loss_fn: Callable[[Any, Any], jax.Array], mesh: Mesh, *, axis: str = "data"
+) -> Callable[[Any, Any], tuple[jax.Array, Any, jax.Array, jax.Array]]:
+    """A data-parallel gradient that also gives the two norms `rampup.NoiseScale` needs.
+
+    Each device takes the gradient of `loss_fn` on its shard of the batch, once;
+    the gradients are averaged over `axis` (the all-reduce data parallelism does
+    anyway), and on the way the squared norms of the per-device gradients
+    (`|G_small|^2`, averaged over devices) and of the averaged one (`|G_big|^2`)
+    are summed. Parameters are replicated; the batch is split on `axis`.
+
+    Args:
+      loss_fn: `loss_fn(params, batch) -> scalar`, the mean loss over the batch.
+      mesh: the device mesh.
+      axis: the mesh axis the batch is split over.
+
+    Returns:
+      A function `(params, batch) -> (loss, grads, small_sq_norm, big_sq_norm)`
+      to call inside `jax.jit`: `loss` and `grads` over the whole batch, and the
+      norms for `NoiseScale.update(small, big, B // mesh.shape[axis], B)`.
+    """
+    if axis not in mesh.shape:
+        raise ValueError(f"axis={axis!r} is not an axis of the mesh {dict(mesh.shape)}")
+
+    def per_device(params: Any, batch: Any) -> tuple[jax.Array, Any, jax.Array, jax.Array]:
+        # Varying per device, so that the gradient is this device's own: the gradient of
+        # replicated parameters would come out summed over the devices already.
+        params = jax.lax.pcast(params, axis, to="varying")
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        small = jax.lax.pmean(_sq_norm(grads), axis)
+        grads = jax.lax.pmean(grads, axis)
+        return jax.lax.pmean(loss, axis), grads, small, _sq_norm(grads)
+
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
+                         out_specs=PartitionSpec())

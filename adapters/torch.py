@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rampup.adaptive import AdaptiveSchedule, Follower
 from rampup.batching import (
     BatchIterator,
     RampupBatches,
@@ -37,7 +38,7 @@ from rampup.protocol import ScheduledIterator
 from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count, check_flag
 
-__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors", "lr_lambda"]
+__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors", "follow", "lr_lambda"]
 
 
 def as_tensors(batch: Any) -> Any:
@@ -452,3 +453,48 @@ def lr_lambda(
         return scaling(step)
 
     return factor
+
+
+def follow(loader: DataLoader, step: int | None = None) -> Follower:
+    """Iterates a DataLoader over an adaptive schedule, restarting its workers when needed.
+
+    DataLoader workers are other processes: each holds the decisions made
+    before it started. This restarts the loader at the training step (an
+    O(1) seek) whenever a decision was made since, and before its workers run
+    past the steps they know; with `num_workers=0` it never restarts. The
+    lag must exceed the loader's run-ahead, `num_workers * prefetch_factor`.
+
+    Args:
+      loader: a `DataLoader` over a `RampupIterableDataset` with a map-style
+        source and an `AdaptiveSchedule`, without `persistent_workers`.
+      step: the first step; default the dataset's (`set_step`, `load_state_dict`).
+
+    Returns:
+      A `rampup.Follower`: iterate it for the batches; `get_state()` is the
+      data state of the next step.
+
+    Raises:
+      ValueError: the lag does not exceed the run-ahead, or the workers persist.
+      TypeError: the dataset is not a seekable `RampupIterableDataset` over an
+        adaptive schedule.
+    """
+    dataset = loader.dataset
+    if not isinstance(dataset, RampupIterableDataset) or dataset.batches is None:
+        raise TypeError(f"follow needs a DataLoader over a RampupIterableDataset with a "
+                        f"map-style source (it restarts by seeking), got {dataset!r}")
+    if not isinstance(dataset.plan.schedule, AdaptiveSchedule):
+        raise TypeError(f"follow is for an AdaptiveSchedule; {dataset.plan.schedule} never "
+                        "changes, so iterate the DataLoader itself")
+    workers = loader.num_workers
+    if workers and loader.persistent_workers:
+        raise ValueError("follow restarts the DataLoader's workers so that they see new "
+                         "decisions; persistent_workers=True keeps the old ones: build the "
+                         "DataLoader with persistent_workers=False")
+    run_ahead = workers * (loader.prefetch_factor or 0) if workers else 0
+
+    def start(first: int) -> Iterator[Any]:
+        dataset.set_step(first)
+        return iter(loader)
+
+    return Follower(start, dataset.plan, step=dataset.step if step is None else step,
+                    run_ahead=run_ahead, shares_decisions=workers == 0)

@@ -4,7 +4,7 @@ The core imports NumPy and the standard library only; the framework adapters
 live in `rampup.adapters` and import their framework themselves.
 """
 
-from rampup.adaptive import AdaptiveSchedule, Decision, GrowthPolicy
+from rampup.adaptive import AdaptiveSchedule, Decision, Follower, GrowthPolicy, follow
 from rampup.batching import (
     STATE_VERSION,
     BatchIterator,
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveSchedule",
     "Decision",
+    "Follower",
     "GrowthPolicy",
     "STATE_VERSION",
     "BatchIterator",
@@ -41,6 +42,7 @@ __all__ = [
     "StreamBatcher",
     "constant",
     "default_collate",
+    "follow",
     "from_config",
     "from_fn",
     "linear",

@@ -17,10 +17,12 @@ import json
 import math
 import numbers
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from rampup.batching import make_state
+from rampup.plan import Plan
 from rampup.schedules import Rules, Schedule, check_count, check_size
 
 ADAPTIVE_STATE_VERSION = 1
@@ -189,7 +191,7 @@ class AdaptiveSchedule(Schedule):
             f"than lag allows: make lag larger than its run-ahead (prefetch depth, "
             "num_workers * prefetch_factor), call propose() at every step, and restart loaders "
             "whose workers are other processes (they hold a copy of the decisions) with "
-            "rampup.adapters.torch.follow or from the iterator state")
+            "rampup.follow (rampup.adapters.torch.follow for a DataLoader)")
 
     def check_lag(self, run_ahead: int, what: str = "the pipeline") -> None:
         """Refuses a pipeline that builds `run_ahead` steps past training: lag must exceed it.
@@ -411,3 +413,95 @@ def _estimate(noise_scale: Any, step: int) -> float | None:
         raise ValueError(f"propose(step={step}): noise_scale is NaN; pass None when there is "
                          "no estimate")
     return value
+
+
+class Follower(Iterator[Any]):
+    """Iterates a pipeline whose workers hold copies of an adaptive schedule; see `follow`."""
+
+    def __init__(
+        self,
+        start: Callable[[int], Iterator[Any]],
+        plan: Plan,
+        *,
+        step: int = 0,
+        run_ahead: int = 0,
+        shares_decisions: bool = False,
+    ) -> None:
+        schedule = plan.schedule
+        if not isinstance(schedule, AdaptiveSchedule):
+            raise TypeError(f"follow needs a plan over an AdaptiveSchedule, got {schedule}")
+        self.run_ahead = check_count(run_ahead, "run_ahead")
+        schedule.check_lag(self.run_ahead)
+        self.start = start
+        self.plan = plan
+        self.shares_decisions = bool(shares_decisions)
+        self.restarts = 0
+        self._step = check_count(step, "step")
+        self._iterator: Iterator[Any] | None = None
+        self._known = (0, 0)
+
+    @property
+    def step(self) -> int:
+        """The step the next batch belongs to."""
+        return self._step
+
+    def _stale(self) -> bool:
+        """True when the running copy misses a decision or will soon run past what it knows."""
+        if self._iterator is None:
+            return True
+        if self.shares_decisions:
+            return False
+        decisions, decided_until = self._known
+        schedule = self.plan.schedule
+        return (len(schedule.decisions) != decisions
+                or self._step + self.run_ahead >= decided_until)
+
+    def __next__(self) -> Any:
+        if self._stale():
+            schedule = self.plan.schedule
+            self._known = (len(schedule.decisions), schedule.decided_until)
+            if self._iterator is not None:
+                self.restarts += 1
+            self._iterator = self.start(self._step)
+        batch = next(self._iterator)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """The data state of the next step, JSON-able; restore with `follow(..., step=...)`."""
+        return make_state(self.plan, self._step, self.plan.offset(self._step))
+
+
+def follow(
+    start: Callable[[int], Iterator[Any]],
+    plan: Plan | AdaptiveSchedule,
+    *,
+    step: int = 0,
+    run_ahead: int = 0,
+    shares_decisions: bool = False,
+) -> Follower:
+    """Restarts a pipeline at the training step whenever its copy of the decisions is stale.
+
+    Workers in other processes (DataLoader workers, grain `mp_prefetch`) hold
+    the decisions made before they started. The follower starts the pipeline
+    anew, with `start(step)` (an O(1) restore at the training step), when a
+    decision was made since, and before the training step comes within
+    `run_ahead` of the first step the copy cannot know. The batches already
+    built ahead are dropped and built again: identical, as no decision changes
+    a step before `step + lag`.
+
+    Args:
+      start: builds the pipeline's iterator from a step (seek, then iterate).
+      plan: the plan (or the schedule) the pipeline batches by.
+      step: the first step to yield.
+      run_ahead: how many steps the pipeline builds past the one it yields
+        (DataLoader: `num_workers * prefetch_factor`); the lag must exceed it.
+      shares_decisions: the pipeline reads this very schedule (no worker
+        processes), so it never needs a restart.
+
+    Returns:
+      An iterator over the batches from `step` on, with `step` and `get_state()`.
+    """
+    plan = plan if isinstance(plan, Plan) else Plan(plan)
+    return Follower(start, plan, step=step, run_ahead=run_ahead,
+                    shares_decisions=shares_decisions)
