@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rampup.adaptive import AdaptiveSchedule, Follower
@@ -38,7 +41,14 @@ from rampup.protocol import ScheduledIterator
 from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count, check_flag
 
-__all__ = ["RampupIterableDataset", "RampupIterator", "as_tensors", "follow", "lr_lambda"]
+__all__ = [
+    "GradNoiseNorms",
+    "RampupIterableDataset",
+    "RampupIterator",
+    "as_tensors",
+    "follow",
+    "lr_lambda",
+]
 
 
 def as_tensors(batch: Any) -> Any:
@@ -498,3 +508,70 @@ def follow(loader: DataLoader, step: int | None = None) -> Follower:
 
     return Follower(start, dataset.plan, step=dataset.step if step is None else step,
                     run_ahead=run_ahead, shares_decisions=workers == 0)
+
+
+class GradNoiseNorms:
+    """The two squared gradient norms of `rampup.NoiseScale`, read from DDP's all-reduce.
+
+    A DDP communication hook sees every gradient bucket twice: before the
+    all-reduce (this rank's gradient, over its `B / world_size` samples) and
+    after (the average over all ranks, over `B` samples). It sums the squares
+    of both on the way, so the norms cost no extra pass over the gradients;
+    `read()` averages the local one over the ranks (one scalar all-reduce), so
+    that every rank feeds the same numbers to its estimator and every rank's
+    `AdaptiveSchedule` makes the same decisions.
+
+    Args:
+      model: the `DistributedDataParallel` model; its comm hook is set here (a
+        model has at most one).
+      process_group: the group DDP reduces over; default the world.
+    """
+
+    def __init__(self, model: DistributedDataParallel,
+                 process_group: dist.ProcessGroup | None = None) -> None:
+        if not isinstance(model, DistributedDataParallel):
+            raise TypeError(f"GradNoiseNorms needs a DistributedDataParallel model, got "
+                            f"{type(model).__name__}")
+        self.process_group = process_group
+        self._lock = threading.Lock()
+        self._local = torch.zeros((), dtype=torch.float64)
+        self._global = torch.zeros((), dtype=torch.float64)
+        self._buckets = 0
+        model.register_comm_hook(self, GradNoiseNorms._hook)
+
+    def _add(self, name: str, tensor: torch.Tensor) -> None:
+        value = tensor.detach().double().square().sum().cpu()
+        with self._lock:
+            setattr(self, name, getattr(self, name) + value)
+
+    # No annotations: DDP compares them with the classes, and this module's are strings.
+    def _hook(self, bucket):
+        self._add("_local", bucket.buffer())
+        with self._lock:
+            self._buckets += 1
+
+        def averaged(future: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
+            tensor = future.value()
+            self._add("_global", tensor)
+            return tensor
+
+        return default_hooks.allreduce_hook(self.process_group, bucket).then(averaged)
+
+    def read(self) -> tuple[float, float]:
+        """`(small_sq_norm, big_sq_norm)` of the last backward pass, then starts afresh.
+
+        Call it after `loss.backward()` on every rank (it all-reduces one scalar).
+
+        Raises:
+          RuntimeError: no gradient went through the hook since the last read.
+        """
+        with self._lock:
+            if not self._buckets:
+                raise RuntimeError("GradNoiseNorms.read(): no gradient was all-reduced since "
+                                   "the last read; call it after loss.backward()")
+            local, big = self._local.clone(), float(self._global)
+            self._local.zero_()
+            self._global.zero_()
+            self._buckets = 0
+        dist.all_reduce(local, group=self.process_group)
+        return float(local) / dist.get_world_size(self.process_group), big

@@ -1,6 +1,10 @@
 """An adaptive schedule through torch DataLoaders: exact with workers, resumable through JSON."""
 
 import json
+import pathlib
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -108,3 +112,30 @@ def test_follow_refuses_persistent_workers():
                         num_workers=1, prefetch_factor=1, persistent_workers=True)
     with pytest.raises(ValueError, match="persistent_workers=False"):
         follow(loader)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ddp_hook_gives_the_local_and_the_all_reduced_norms_on_two_gloo_ranks():
+    worker = pathlib.Path(__file__).with_name("torch_ddp_worker.py")
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(rank), "2"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank in range(2)]
+    outputs = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-3000:]
+            outputs.append(out.split())
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+    # Both steps checked on both ranks, and the ranks read the very same numbers.
+    assert outputs[0] == outputs[1] and outputs[0].count("ok") == 2
