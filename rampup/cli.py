@@ -133,6 +133,10 @@ def preview(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Runs the end-to-end demo with its resume check."""
+    if args.adaptive:
+        from rampup.demo_adaptive import main as run_adaptive
+
+        return run_adaptive(args.backend, args.steps)
     spec = load_spec(args.schedule) if args.schedule else None
     return run_demo(args.backend, args.steps, spec)
 
@@ -216,6 +220,8 @@ def parser() -> argparse.ArgumentParser:
     dem.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                      help=f"steps to train (default {DEFAULT_STEPS})")
     dem.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file")
+    dem.add_argument("--adaptive", action="store_true", help="the batch size follows the "
+                     "measured gradient noise scale (backend jax or numpy; 80 steps is plenty)")
     dem.set_defaults(run=demo)
     ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
     ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats; "
