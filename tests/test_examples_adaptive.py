@@ -49,3 +49,11 @@ def test_torch_ddp_example_two_ranks_make_the_same_decisions():
     check_sizes_follow_decisions(stdout, 40, 16)
     ranks = dict(re.findall(r"^rank (\d) decisions (.*) restarts", stdout, re.MULTILINE))
     assert ranks["0"] == ranks["1"] != "[]"
+
+
+def test_keras_example_grows_the_batch_as_decided():
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("keras")
+    stdout = run("keras_adaptive.py", "--steps", "60")
+    decisions = check_sizes_follow_decisions(stdout, 60, 16)
+    assert [size for _, size in decisions][:2] == [32, 64]
