@@ -86,7 +86,7 @@ def test_proposals_go_forward():
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"initial_size": 6, "multiple_of": 4}, ValueError, "not a multiple of multiple_of=4"),
+    ({"initial_size": 6, "multiple_of": 4}, ValueError, "not divisible by multiple_of=4"),
     ({"initial_size": 8, "lag": 0}, ValueError, "lag must be an int >= 1"),
     ({"initial_size": 8, "policy": "double"}, TypeError, "policy must be a rampup.GrowthPolicy"),
     ({"initial_size": 8, "allowed_sizes": [8, 12], "multiple_of": 8}, ValueError, "12"),
