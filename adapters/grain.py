@@ -20,6 +20,7 @@ from typing import Any
 import grain
 
 import rampup
+from rampup.adaptive import AdaptiveSchedule
 from rampup.batching import (
     PARENT_KEY,
     STEP_KEY,
@@ -319,6 +320,10 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         self._ramp, self._read_options, self._allow_nones = ramp, read_options, allow_nones
         self._stride = stride
         batches = ramp.batches
+        schedule = batches.plan.schedule
+        if isinstance(schedule, AdaptiveSchedule):  # grain's threads build this far ahead
+            schedule.check_lag(read_options.prefetch_buffer_size if read_options.num_threads
+                               else 0, f"grain {read_options}")
         self.describe(batches)
         self._shift = shift
         self._inner = self._iterate(shift)

@@ -184,14 +184,24 @@ class AdaptiveSchedule(Schedule):
 
     def undecided(self, step: int, decided_until: int) -> Exception:
         """The error for a size asked at `step` before it is decided."""
+        last = decided_until - self.lag - 1
+        proposals = f"proposals up to step {last}" if last >= 0 else "no proposal yet"
         return ValueError(
             f"the batch size at step {step} is not decided yet: the adaptive schedule has "
-            f"proposals up to step {decided_until - self.lag - 1} and lag={self.lag}, so only "
+            f"{proposals} and lag={self.lag}, so only "
             f"steps < {decided_until} are fixed. The pipeline builds further ahead of training "
             f"than lag allows: make lag larger than its run-ahead (prefetch depth, "
             "num_workers * prefetch_factor), call propose() at every step, and restart loaders "
             "whose workers are other processes (they hold a copy of the decisions) with "
             "rampup.follow (rampup.adapters.torch.follow for a DataLoader)")
+
+    def to_config(self) -> dict[str, Any]:
+        """Refused: a config describes a schedule known in advance; this one is written
+        down by its constructor arguments and `get_state()`."""
+        raise ValueError(
+            "an AdaptiveSchedule has no config that from_config could rebuild: its sizes are "
+            "decided online. Save get_state() (the decisions) and rebuild it with the same "
+            "arguments, then set_state()")
 
     def check_lag(self, run_ahead: int, what: str = "the pipeline") -> None:
         """Refuses a pipeline that builds `run_ahead` steps past training: lag must exceed it.

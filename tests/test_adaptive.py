@@ -206,6 +206,21 @@ def test_pickled_copy_keeps_the_decisions_and_their_fingerprint():
     assert copy.fingerprint_at(copy.decided_until) == schedule.fingerprint_at(copy.decided_until)
 
 
+def test_to_config_is_refused_with_the_way_to_save_it():
+    with pytest.raises(ValueError, match="Save get_state"):
+        make().to_config()
+
+
+def test_allowed_sizes_hold_under_any_estimates():
+    schedule = AdaptiveSchedule(8, lag=2, allowed_sizes=[8, 24, 40], max_size=64,
+                                policy=GrowthPolicy(factor=3, patience=1, shrink=True))
+    estimates = [1e9, 1e9, 1e9, 1.0, 1.0, 1e9, 5.0, 1e9]
+    for step, estimate in enumerate(estimates):
+        schedule.propose(step, estimate)
+    assert {size for _, size in schedule.decisions} <= {8, 24, 40}
+    assert len(schedule.decisions) >= 3
+
+
 def test_state_of_another_configuration_is_refused():
     with pytest.raises(ValueError, match="build it with the same arguments"):
         make(lag=4).set_state(make(lag=3).get_state())
@@ -221,15 +236,19 @@ def runs(draw):
     max_size = draw(st.sampled_from([None, 40, 100]))
     estimates = draw(st.lists(st.one_of(st.none(), st.floats(-10, 500)), min_size=1,
                               max_size=40))
-    return lag, multiple_of, factor, patience, shrink, max_size, estimates
+    allowed = draw(st.one_of(st.none(), st.sets(st.integers(1, 25), max_size=6)))
+    if allowed is not None:
+        allowed = {multiple_of * a for a in allowed if max_size is None
+                   or multiple_of * a <= max_size}
+    return lag, multiple_of, factor, patience, shrink, max_size, estimates, allowed
 
 
 @settings(max_examples=60, deadline=None)
 @given(runs())
 def test_decisions_never_change_a_step_before_step_plus_lag_and_sizes_are_legal(run):
-    lag, multiple_of, factor, patience, shrink, max_size, estimates = run
+    lag, multiple_of, factor, patience, shrink, max_size, estimates, allowed = run
     schedule = AdaptiveSchedule(4 * multiple_of, multiple_of=multiple_of, max_size=max_size,
-                                min_size=multiple_of, lag=lag,
+                                min_size=multiple_of, lag=lag, allowed_sizes=allowed,
                                 policy=GrowthPolicy(factor, patience, shrink))
     plan = Plan(schedule)
     for step, estimate in enumerate(estimates):
@@ -239,6 +258,7 @@ def test_decisions_never_change_a_step_before_step_plus_lag_and_sizes_are_legal(
         sizes = [plan.size(k) for k in range(schedule.decided_until)]
         assert all(s % multiple_of == 0 and s >= multiple_of for s in sizes)
         assert max_size is None or max(sizes) <= max_size
+        assert allowed is None or set(sizes) <= allowed | {4 * multiple_of}
         # The oracle: offsets are the running sum of the sizes, step by step.
         assert [plan.offset(k) for k in range(len(sizes) + 1)] == list(
             np.concatenate([[0], np.cumsum(sizes)]))
