@@ -110,6 +110,12 @@ class AdaptiveSchedule(Schedule):
         batch shapes already compiled), besides `initial_size`.
     """
 
+    initial_size: int
+    lag: int
+    policy: GrowthPolicy
+    allowed_sizes: tuple[int, ...] | None
+    _log: _Log
+
     def __init__(
         self,
         initial_size: int,
@@ -155,7 +161,7 @@ class AdaptiveSchedule(Schedule):
         with self._log.lock:
             return tuple(self._log.sizes)
 
-    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int | None]:
+    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
         """`(revision, starts, sizes, decided_until)`, consistent with one another."""
         log = self._log
         with log.lock:
@@ -392,7 +398,7 @@ class AdaptiveSchedule(Schedule):
         args = dict(pickled["args"])
         args.pop("type")
         policy = GrowthPolicy(**args.pop("policy"))
-        self.__init__(args.pop("initial_size"), policy=policy, **args)
+        AdaptiveSchedule.__init__(self, args.pop("initial_size"), policy=policy, **args)
         self.set_state(pickled["state"])
 
     def __reduce__(self) -> Any:
@@ -440,6 +446,7 @@ class Follower(Iterator[Any]):
         schedule = plan.schedule
         if not isinstance(schedule, AdaptiveSchedule):
             raise TypeError(f"follow needs a plan over an AdaptiveSchedule, got {schedule}")
+        self.schedule = schedule
         self.run_ahead = check_count(run_ahead, "run_ahead")
         schedule.check_lag(self.run_ahead)
         self.start = start
@@ -462,18 +469,19 @@ class Follower(Iterator[Any]):
         if self.shares_decisions:
             return False
         decisions, decided_until = self._known
-        schedule = self.plan.schedule
+        schedule = self.schedule
         return (len(schedule.decisions) != decisions
                 or self._step + self.run_ahead >= decided_until)
 
     def __next__(self) -> Any:
-        if self._stale():
-            schedule = self.plan.schedule
+        iterator = self._iterator
+        if iterator is None or self._stale():
+            schedule = self.schedule
             self._known = (len(schedule.decisions), schedule.decided_until)
-            if self._iterator is not None:
+            if iterator is not None:
                 self.restarts += 1
-            self._iterator = self.start(self._step)
-        batch = next(self._iterator)
+            iterator = self._iterator = self.start(self._step)
+        batch = next(iterator)
         self._step += 1
         return batch
 

@@ -65,6 +65,18 @@ def test_a_plan_built_before_a_decision_follows_it():
     assert plan.segments() == [rampup.Segment(0, 1, 4, 0), rampup.Segment(2, None, 8, 8)]
 
 
+def test_a_plan_follows_a_restore_that_replaces_the_decisions():
+    ours, theirs = make(), make()
+    for step in range(20):
+        ours.propose(step, growing(step))
+        theirs.propose(step, growing(step) / 4)
+    plan = Plan(ours)
+    assert plan.offset(20) == sum(ours(k) for k in range(20))
+    ours.set_state(theirs.get_state())
+    assert [plan.size(k) for k in range(23)] == [theirs(k) for k in range(23)]
+    assert plan.offset(20) == sum(theirs(k) for k in range(20))
+
+
 def test_a_step_not_decided_yet_is_refused():
     schedule = AdaptiveSchedule(4, lag=3)
     plan = Plan(schedule)
