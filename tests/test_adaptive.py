@@ -70,6 +70,7 @@ def test_a_plan_follows_a_restore_that_replaces_the_decisions():
     for step in range(20):
         ours.propose(step, growing(step))
         theirs.propose(step, growing(step) / 4)
+    assert ours.decisions != theirs.decisions
     plan = Plan(ours)
     assert plan.offset(20) == sum(ours(k) for k in range(20))
     ours.set_state(theirs.get_state())
