@@ -153,6 +153,12 @@ class RampupBatches:
         self.shuffle_seed = shuffle_seed
         self.end = None if num_epochs is None else check_count(num_epochs, "num_epochs", 1) * (
             self.length)
+        if self.end is not None and self.plan.schedule.decided_until is not None:
+            raise ValueError(
+                f"num_epochs={num_epochs} with a schedule decided online ({self.plan.schedule}): "
+                "the step where the data ends depends on decisions not made yet, so the "
+                "batches cannot be counted or checked up front. Pass num_epochs=None and stop "
+                "training at a step or sample budget")
         self.num_epochs = num_epochs
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.collate = check_collate(collate)

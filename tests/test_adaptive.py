@@ -91,6 +91,12 @@ def test_a_step_not_decided_yet_is_refused():
         plan.step_at(4 * 4)
 
 
+def test_a_finite_source_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="num_epochs=2 with a schedule decided online.*"
+                                         "num_epochs=None"):
+        RampupBatches(np.arange(100), make(), num_epochs=2)
+
+
 def test_proposals_go_forward():
     schedule = AdaptiveSchedule(4, lag=3)
     schedule.propose(5, 1.0)
