@@ -2,7 +2,7 @@
 
 Run: python examples/keras_adaptive.py --steps 40
 A custom `train_step` takes the gradient of the mean loss over the whole batch
-and over its first half (one more backward pass over the same forward) and
+and over its first quarter (one more backward pass over the same forward) and
 keeps their squared norms; a callback feeds them to `rampup.NoiseScale` and
 proposes the estimate to the `AdaptiveSchedule` after every step. The batches
 come from `to_tf_dataset(RampupBatches(...))`, which follows every decision.
@@ -21,6 +21,7 @@ import rampup  # noqa: E402
 from rampup.adapters.tf import to_tf_dataset  # noqa: E402
 
 FEATURES = 16
+PARTS = 4  # the small gradient is over the first quarter of the batch
 
 
 def make_source(n: int = 1 << 15) -> np.ndarray:
@@ -50,15 +51,15 @@ class NoiseNormsModel(keras.Model):
 
     def train_step(self, data: tf.Tensor) -> dict:
         x, y = data[:, :FEATURES], data[:, FEATURES]
-        half = tf.shape(x)[0] // 2
+        part = tf.shape(x)[0] // PARTS
         with tf.GradientTape(persistent=True) as tape:
             per_sample = 0.5 * tf.square(tf.squeeze(self(x, training=True), -1) - y)
             loss = tf.reduce_mean(per_sample)
-            half_loss = tf.reduce_mean(per_sample[:half])
+            part_loss = tf.reduce_mean(per_sample[:part])
         grads = tape.gradient(loss, self.trainable_variables)
-        half_grads = tape.gradient(half_loss, self.trainable_variables)
+        part_grads = tape.gradient(part_loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        self.small.assign(squared_norm(half_grads))
+        self.small.assign(squared_norm(part_grads))
         self.big.assign(squared_norm(grads))
         self.size.assign(tf.shape(x)[0])
         return {"loss": loss}
@@ -75,7 +76,7 @@ class Propose(keras.callbacks.Callback):
         model = self.model
         size = int(model.size.numpy())
         estimate = self.noise.update(float(model.small.numpy()), float(model.big.numpy()),
-                                     size // 2, size)
+                                     size // PARTS, size)
         decision = self.schedule.propose(batch, estimate)
         note = f" -> size {decision.size} from step {decision.start}" if decision else ""
         print(f"step {batch} size {size} noise_scale {estimate or 0:.1f} "
@@ -86,9 +87,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=40)
     args = parser.parse_args()
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
     # Keras and tf.data pull a few batches ahead of the step; lag 8 covers them, and a
     # pipeline that ran further would raise "not decided yet" instead of guessing.
-    schedule = rampup.AdaptiveSchedule(16, multiple_of=2, max_size=1024, lag=8,
+    schedule = rampup.AdaptiveSchedule(16, multiple_of=PARTS, max_size=1024, lag=8,
                                        policy=rampup.GrowthPolicy(factor=2, patience=4))
     noise = rampup.NoiseScale(beta=0.8)
     dataset = to_tf_dataset(rampup.RampupBatches(make_source(), schedule, shuffle_seed=0))
