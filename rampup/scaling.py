@@ -75,6 +75,11 @@ class Scaling:
         Raises:
           ValueError: the schedule is a `from_fn` one, which has no segments.
         """
+        if self.plan.schedule.decided_until is not None:
+            raise ValueError(
+                f"{self.plan.schedule} is decided online: a compiled graph would keep only the "
+                "decisions made so far. Compute rampup.scaled(...)(step) on the host at each "
+                "step and pass the value in (optax.inject_hyperparams, the optimizer's lr)")
         if not self.plan.schedule.segmented:
             raise ValueError(
                 "a from_fn schedule has no segments to look up in a compiled graph; write it "
@@ -145,6 +150,10 @@ def resolve(
             f"unit='tokens', not unit={unit!r}"
         )
     if reference_size is None:
+        if plan.schedule.decided_until is not None:
+            raise ValueError(
+                f"{plan.schedule} is decided online and has no largest size known in advance: "
+                "pass reference_size, the batch size base was tuned for")
         if not plan.schedule.segmented:
             raise ValueError(
                 "a from_fn schedule has no known largest size: pass "
@@ -153,7 +162,7 @@ def resolve(
         reference_size = max(plan.schedule.sizes)
     reference_size = check_size(reference_size, "reference_size")
     scaling = Scaling(base, plan, rule, reference_size, unit, tokens_per_sample)
-    if plan.schedule.segmented:
+    if plan.schedule.segmented and plan.schedule.decided_until is None:
         scaling.segment_factors()  # a rule that fails on some segment fails now
     return scaling
 

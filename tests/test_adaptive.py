@@ -309,3 +309,19 @@ def test_resume_at_a_random_step_replays_identically(stop, process_count):
     restored.set_state(saved["schedule"])
     second, _ = run(restored, stop, 40, saved["data"])
     assert first + second == full
+
+
+def test_scaled_follows_the_decisions_with_an_explicit_reference_size():
+    schedule = AdaptiveSchedule(8, lag=2, policy=GrowthPolicy(patience=1))
+    lr = rampup.scaled(1.0, schedule, rule="linear", reference_size=32)
+    assert lr(1) == 0.25
+    schedule.propose(0, 100.0)
+    assert [lr(k) for k in range(3)] == [0.25, 0.25, 0.5]
+
+
+def test_scaled_needs_a_reference_size_and_no_compiled_graph():
+    schedule = AdaptiveSchedule(8, lag=2)
+    with pytest.raises(ValueError, match="pass reference_size"):
+        rampup.scaled(1.0, schedule)
+    with pytest.raises(ValueError, match="decided online: a compiled graph"):
+        rampup.scaled(1.0, schedule, reference_size=32).segment_factors()

@@ -82,3 +82,10 @@ def test_device_batches_follow_decisions_made_while_prefetching(mesh):
         return record
 
     assert run(prefetch=2) == run(prefetch=0)
+
+
+def test_optax_schedule_refuses_a_schedule_decided_online():
+    from rampup.adapters.jax import optax_schedule
+
+    with pytest.raises(ValueError, match="decided online: a compiled graph"):
+        optax_schedule(1e-3, AdaptiveSchedule(8, lag=2), reference_size=64)

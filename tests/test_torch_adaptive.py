@@ -139,3 +139,19 @@ def test_ddp_hook_gives_the_local_and_the_all_reduced_norms_on_two_gloo_ranks():
                 process.wait(timeout=10)
     # Both steps checked on both ranks, and the ranks read the very same numbers.
     assert outputs[0] == outputs[1] and outputs[0].count("ok") == 2
+
+
+def test_lr_lambda_follows_the_decisions():
+    from rampup.adapters.torch import lr_lambda
+
+    schedule = AdaptiveSchedule(8, lag=2, policy=GrowthPolicy(patience=1))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(schedule, rule="linear", reference_size=32))
+    seen = []
+    for step in range(4):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.propose(step, 100.0 if step == 0 else None)
+        lambda_lr.step()
+    assert seen == [0.25, 0.25, 0.5, 0.5]
