@@ -10,21 +10,24 @@ Two paths:
   inside tf.data: no Python per element, and the iterator checkpoints with
   `tf.train.Checkpoint(iterator=...)`. Segmented schedules only.
 
-How `rampup_batch` works: the plan's segments become constants once. The
-samples are cut into chunks of `gcd(all sizes)` (a plain `batch`), every chunk
-is keyed by the segment that holds it (a lookup in the segments' first
-chunks), and `group_by_window` collects the chunks of one step (a window of
-`size / chunk` chunks, looked up per segment) and `rebatch`es them into the
-step's batch. All offsets are multiples of the chunk, so a chunk never
-straddles two steps, and a segment holds whole windows only, so windows close
-in stream order.
+How `rampup_batch` works, reading `ds` once and running no function per sample
+or per step: the stream is cut into windows of whole steps of one size, about
+`_WINDOW_BYTES` each (every segment of the ramp starts a window; the last
+segment has windows of equal length for ever). `ds.batch(...).rebatch(sizes)`
+cuts the samples into chunks, and `group_by_window` gathers each window's
+chunks and `rebatch`es them into its steps. `rebatch` cycles through its list
+of sizes, so the chunks' cut points repeat with a period: one that is a
+multiple of the last segment's window length and covers the ramp. A window
+may then be cut into several chunks (where the ramp's cut points fall into a
+later period), never a chunk into two windows. Which window class a chunk
+belongs to (its size and its number of chunks) is data zipped to the chunks:
+a list for the first period, then a list repeated for every later one.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -38,6 +41,12 @@ from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count, check_flag, from_config
 
 __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
+
+# A window of `rampup_batch` aims at this many bytes of samples: large enough that its
+# fixed cost (a dataset per window) vanishes, small enough to hold without notice.
+_WINDOW_BYTES = 8 << 20
+_WINDOW_ROWS = 4096  # where the samples' size is not known from their spec
+_WINDOW_ROWS_MAX = 1 << 16
 
 
 # --- to_tf_dataset -----------------------------------------------------------------------------
@@ -255,6 +264,81 @@ def _replica_split(
     return rows, replica_sizes
 
 
+def _window_rows(ds: tf.data.Dataset) -> int:
+    """The samples one window aims at: about `_WINDOW_BYTES`, from the samples' spec."""
+    sample_bytes = 0
+    for leaf in tf.nest.flatten(ds.element_spec):
+        if not isinstance(leaf, tf.TensorSpec) or not leaf.shape.is_fully_defined() or (
+            leaf.dtype == tf.string
+        ):
+            return _WINDOW_ROWS
+        sample_bytes += leaf.shape.num_elements() * leaf.dtype.size
+    return min(_WINDOW_ROWS_MAX, max(1, _WINDOW_BYTES // max(sample_bytes, 1)))
+
+
+class _Layout(NamedTuple):
+    """How `rampup_batch` cuts the stream: see the module docstring.
+
+    Attributes:
+      chunk_sizes: the sizes `rebatch` cycles through, one period of the stream.
+      first_keys: the window class of each chunk of the first period.
+      later_keys: the same for every later period.
+      class_segment: per window class, the segment index of its steps.
+      class_chunks: per window class, its number of chunks.
+    """
+
+    chunk_sizes: np.ndarray
+    first_keys: np.ndarray
+    later_keys: np.ndarray
+    class_segment: np.ndarray
+    class_chunks: np.ndarray
+
+
+def _layout(plan: Plan, rows: int) -> _Layout:
+    """Windows of whole steps of one size, about `rows` samples each, and the chunks under them.
+
+    The windows of the ramp (every segment but the last) start at
+    `plan.offset(k)` every `ceil(rows / size)` steps of a segment; the last
+    segment's windows are `ceil(rows / size)` steps long for ever. The chunks'
+    cut points must repeat with a period `P` (rebatch cycles its sizes): `P` is
+    a multiple of the last segment's window length, at least its offset, and
+    the cut points of one period are the ramp's window starts and every
+    position that is a last-segment window start modulo `P`. Every window is
+    then a run of whole chunks, in every period.
+    """
+    segments = plan.segments()
+    tail = segments[-1]
+    starts, owners = [], []
+    for i, segment in enumerate(segments[:-1]):
+        block = -(-rows // segment.size)
+        for step in range(segment.first_step, segment.last_step + 1, block):
+            starts.append(plan.offset(step))
+            owners.append(i)
+    tail_block = -(-rows // tail.size)
+    length = plan.offset(tail.first_step + tail_block) - tail.offset
+    period = length * -(-max(tail.offset, 1) // length)
+    ramp = np.array(starts, np.int64)
+    cuts = np.union1d(ramp, np.arange(tail.offset % length, period, length, dtype=np.int64))
+    # Four periods hold every kind of window: the ramp's, the first period's last-segment
+    # windows, and (completed by the next period) the ones that cross a period's end.
+    periods = 4
+    all_cuts = (cuts[None, :] + period * np.arange(periods, dtype=np.int64)[:, None]).ravel()
+    tail_starts = tail.offset + length * np.arange(
+        (periods * period - tail.offset) // length + 1, dtype=np.int64)
+    window_starts = np.concatenate([ramp, tail_starts])
+    window_segment = np.concatenate(
+        [np.array(owners, np.int64), np.full(len(tail_starts), len(segments) - 1, np.int64)])
+    window = np.searchsorted(window_starts, all_cuts, side="right") - 1
+    chunks = np.bincount(window, minlength=len(window_starts))
+    classes: dict[tuple[int, int], int] = {}
+    keys = np.array([classes.setdefault((int(window_segment[w]), int(chunks[w])), len(classes))
+                     for w in window], np.int64).reshape(periods, len(cuts))
+    if not (keys[1] == keys[2]).all():  # the period argument above, checked
+        raise AssertionError(f"rampup_batch: chunk keys do not repeat for {plan}")
+    table = np.array(list(classes), np.int64).reshape(-1, 2)
+    return _Layout(np.diff(np.append(cuts, period)), keys[0], keys[1], table[:, 0], table[:, 1])
+
+
 def rampup_batch(
     ds: tf.data.Dataset,
     schedule: Schedule | Plan,
@@ -265,8 +349,8 @@ def rampup_batch(
     """Batches a dataset of single samples by a segmented schedule, inside tf.data.
 
     Batch `k` holds samples `[O(k), O(k) + B(k))` of `ds`, across epoch borders
-    when `ds` repeats, exactly as `RampupBatches` builds them. The iterator
-    checkpoints with `tf.train.Checkpoint(iterator=it)`.
+    when `ds` repeats, exactly as `RampupBatches` builds them. `ds` is read
+    once, in order. The iterator checkpoints with `tf.train.Checkpoint(iterator=it)`.
 
     Args:
       ds: a dataset of unbatched samples (repeat it for several epochs).
@@ -292,47 +376,49 @@ def rampup_batch(
     plan = _segmented_plan(schedule)
     segments = plan.segments()
     rows, replica_sizes = _replica_split(plan, input_context)
-    chunk = math.gcd(*(s.size for s in segments))
-    first_chunks = tf.constant([s.offset // chunk for s in segments], tf.int64)
-    sizes = tf.constant([s.size for s in segments], tf.int64)
-    chunks_per_step = tf.constant([s.size // chunk for s in segments], tf.int64)
     sliced = any(hi - lo != s.size for (lo, hi), s in zip(rows, segments, strict=True))
     split = replica_sizes != [s.size for s in segments]
+    if len(segments) == 1 and not sliced and not split:
+        # One size for ever: `batch` itself.
+        return ds.batch(segments[0].size, drop_remainder=drop_remainder)
+
+    layout = _layout(plan, _window_rows(ds))
+    segment = tf.constant(layout.class_segment, tf.int64)
+    window_chunks = tf.constant(layout.class_chunks, tf.int64)
+    sizes = tf.constant([s.size for s in segments], tf.int64)
     row_lo = tf.constant([lo for lo, _ in rows], tf.int64)
     row_hi = tf.constant([hi for _, hi in rows], tf.int64)
     replica_size = tf.constant(replica_sizes, tf.int64)
 
-    if len(segments) == 1 and not sliced and not split:
-        # One size for ever: the window machinery would only regroup `batch`'s own output.
-        return ds.batch(segments[0].size, drop_remainder=drop_remainder)
-
-    def keyed(index: tf.Tensor, chunk_rows: Any) -> tuple[tf.Tensor, Any]:
-        # The chunk index rides along as a batched column, so `rebatch` carries it.
-        rows = tf.shape(tf.nest.flatten(chunk_rows)[0])[:1]
-        return tf.fill(rows, index), chunk_rows
-
-    def segment_of(index: tf.Tensor, _: Any) -> tf.Tensor:
-        found = tf.searchsorted(first_chunks, index[:1], side="right", out_type=tf.int64)
-        return found[0] - 1
-
-    def steps(segment: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
-        out = window.rebatch(tf.gather(sizes, segment), drop_remainder)
+    def steps(key: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
+        index = tf.gather(segment, key)
+        out = window.map(lambda _, chunk: chunk).rebatch(tf.gather(sizes, index), drop_remainder)
         if sliced:
-            lo, hi = tf.gather(row_lo, segment), tf.gather(row_hi, segment)
-            out = out.map(lambda *x: tf.nest.map_structure(lambda t: t[lo:hi], x))
+            lo, hi = tf.gather(row_lo, index), tf.gather(row_hi, index)
+
+            def rows_of(*parts: Any) -> Any:  # map passes a plain tuple's items as arguments
+                cut = tf.nest.map_structure(lambda t: t[lo:hi], parts)
+                return cut if type(ds.element_spec) is tuple else cut[0]
+
+            out = out.map(rows_of)
         if split:
-            out = out.rebatch(tf.gather(replica_size, segment), drop_remainder)
+            out = out.rebatch(tf.gather(replica_size, index), drop_remainder)
         return out
 
+    # The keys are data, not a function of the chunk: a key function that only
+    # returns an input is not run per chunk (tf.data short-circuits it).
+    keys = tf.data.Dataset.from_tensor_slices(layout.first_keys).concatenate(
+        tf.data.Dataset.from_tensor_slices(layout.later_keys).repeat())
+    # Every chunk is whole `batch`es, never a slice of one: `rebatch` warns on each slice
+    # it reads (a shared buffer, "Tensor RefCount not reliable"). The partial last chunk
+    # of a finite `ds` may still hold whole steps: only the windows' `rebatch` drops.
+    quantum = int(np.gcd.reduce(layout.chunk_sizes))
+    chunks = ds.batch(quantum).rebatch(layout.chunk_sizes)
     return (
-        ds.batch(chunk, drop_remainder=drop_remainder)
-        .enumerate()
-        .map(keyed)
-        .group_by_window(segment_of, steps,
-                         window_size_func=lambda segment: tf.gather(chunks_per_step, segment))
-        .map(lambda _, batch: batch)
+        tf.data.Dataset.zip((keys, chunks))
+        .group_by_window(lambda key, _: key, steps,
+                         window_size_func=lambda key: tf.gather(window_chunks, key))
     )
-
 
 
 # --- learning rates ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The tf.data adapter against real TensorFlow: both paths equal the core's batches."""
 
 import collections
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ tf = pytest.importorskip("tensorflow")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import rampup.adapters.tf as tf_adapter  # noqa: E402
 from rampup import (  # noqa: E402
     AdaptiveSchedule,
     Plan,
@@ -106,6 +108,60 @@ def test_native_equals_core_for_random_schedules(sizes, first, length, epochs, d
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
 
+@contextlib.contextmanager
+def small_windows(rows):
+    """rampup_batch's windows of about `rows` int64 samples, so that tests cross many of them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tf_adapter, "_WINDOW_BYTES", 8 * rows)
+        yield
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.dictionaries(st.integers(1, 12), st.integers(1, 9), max_size=4),
+    first=st.integers(1, 9),
+    rows=st.integers(1, 20),
+    length=st.integers(1, 60),
+    epochs=st.integers(1, 3),
+    drop_remainder=st.booleans(),
+)
+def test_native_equals_core_across_many_windows(sizes, first, rows, length, epochs,
+                                                drop_remainder):
+    schedule = piecewise({0: first, **sizes})
+    data = np.arange(length, dtype=np.int64)
+    with small_windows(rows):
+        ds = rampup_batch(source_ds(data).repeat(epochs), schedule, drop_remainder=drop_remainder)
+    want = list(RampupBatches(data, schedule, num_epochs=epochs, drop_remainder=drop_remainder))
+    assert_batches_equal([as_numpy(b) for b in ds], want)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 24, 100])
+def test_native_endless_stream_over_many_periods_equals_core(rows):
+    schedule = linear(2, 2, 60, 10)
+    data = np.arange(13, dtype=np.int64)
+    with small_windows(rows):
+        ds = rampup_batch(source_ds(data).repeat(), schedule)
+    got = [as_numpy(b) for b in ds.take(120)]
+    core = RampupBatches(data, schedule).iter_from(0)
+    assert_batches_equal(got, [next(core) for _ in range(120)])
+
+
+def test_native_reads_the_source_once_in_order():
+    read = []
+
+    def samples():
+        for i in range(200):
+            read.append(i)
+            yield i
+
+    ds = tf.data.Dataset.from_generator(samples, output_signature=tf.TensorSpec((), tf.int64))
+    with small_windows(7):
+        got = [as_numpy(b) for b in rampup_batch(ds, SCHEDULES["linear"])]
+    assert read == list(range(200))
+    assert_batches_equal(got, list(RampupBatches(np.arange(200), SCHEDULES["linear"],
+                                                 num_epochs=1)))
+
+
 def test_native_keeps_nested_structure_and_dtypes():
     data = {"image": np.ones((10, 2, 3), np.uint8), "meta": (np.arange(10.0), np.arange(10))}
     ds = rampup_batch(source_ds(data), SCHEDULES["piecewise"])
@@ -118,13 +174,14 @@ def test_native_keeps_nested_structure_and_dtypes():
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
 
-@pytest.mark.parametrize(("seed", "prefetch"), [(0, 0), (1, 0), (2, 3)])
-def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch):
+@pytest.mark.parametrize(("seed", "prefetch", "rows"), [(0, 0, None), (1, 0, 10), (2, 3, 4)])
+def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows):
     schedule = SCHEDULES["linear"]
     ramp_steps = Plan(schedule).segments()[-1].first_step
     at = int(np.random.default_rng(seed).integers(1, ramp_steps + 3))
     data = np.arange(29, dtype=np.int64)
-    ds = rampup_batch(source_ds(data).shuffle(29, seed=seed).repeat(), schedule)
+    with small_windows(rows or 1 << 16):  # small windows: a restore inside a window
+        ds = rampup_batch(source_ds(data).shuffle(29, seed=seed).repeat(), schedule)
     if prefetch:  # the iterator then holds windows read ahead
         ds = ds.prefetch(prefetch)
     it = iter(ds)
@@ -317,6 +374,29 @@ def test_mirrored_strategy_gives_each_replica_its_slice():
         for r in range(2):
             np.testing.assert_array_equal(local[r].numpy(), next(replicas[r]), f"step {k}")
             assert local[r].device.endswith(f"CPU:{r}")
+
+
+@pytest.mark.parametrize(("pipelines", "pipeline", "replicas"), [(1, 0, 2), (2, 1, 2), (2, 0, 4)])
+@pytest.mark.parametrize("structure", ["tensor", "1-tuple", "dict"])
+def test_input_context_gives_each_pipeline_its_replicas_slices(pipelines, pipeline, replicas,
+                                                               structure):
+    schedule = piecewise({0: 4, 3: 8, 7: 12})
+    data = np.arange(150, dtype=np.int64)
+    wrap, unwrap = {
+        "tensor": (lambda x: x, lambda b: b),
+        "1-tuple": (lambda x: (x,), lambda b: b[0]),
+        "dict": (lambda x: {"x": x}, lambda b: b["x"]),
+    }[structure]
+    context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+    with small_windows(10):
+        ds = rampup_batch(source_ds(wrap(data)), schedule, drop_remainder=True,
+                          input_context=context)
+    got = [unwrap(as_numpy(b)) for b in ds]
+    slices = [list(RampupBatches(data, schedule, num_epochs=1, drop_remainder=True,
+                                 process_index=r, process_count=replicas))
+              for r in range(replicas)]
+    mine = range(pipeline * replicas // pipelines, (pipeline + 1) * replicas // pipelines)
+    assert_batches_equal(got, [slices[r][k] for k in range(len(slices[0])) for r in mine])
 
 
 def test_mirrored_strategy_rejects_a_size_that_does_not_divide():
