@@ -13,11 +13,18 @@ converts types.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
+import numpy as np
+
+try:  # where grain's own batch stacks into shared memory for mp_prefetch (grain 0.2.x)
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+except ImportError:  # another layout: workers' batches are copied to shared memory by grain
+    SharedMemoryArray = None
 
 import rampup
 from rampup.adaptive import AdaptiveSchedule
@@ -91,11 +98,42 @@ def _check_dense(parent: grain.MapDataset) -> None:
         to_check.extend(ds.parents)
 
 
-class _CheckedCollate:
-    """Collates a list of elements; a None element (a filtered parent) is an error."""
+def _shared_memory(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in shared memory (an empty one is a plain array: shared memory needs a size)."""
+    if math.prod(shape) == 0 or dtype.itemsize == 0:
+        return np.empty(shape, dtype)
+    return SharedMemoryArray(shape, dtype=dtype)
+
+
+class _Collate:
+    """A batch's collate, which `mp_prefetch` can switch to stacking into shared memory.
+
+    As grain's `.batch`: the default collate then stacks every NumPy leaf into
+    a `SharedMemoryArray` (a worker hands it to the main process without a
+    copy); a user's collate is told if it has `enable_shared_memory_output`.
+    """
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
-        self.collate = check_collate(collate) or default_collate
+        self.user = check_collate(collate)
+        self.allocate = None
+
+    def enable_shared_memory_output(self) -> None:
+        """Stack into shared memory from now on (grain's `mp_prefetch` calls it in workers)."""
+        if self.user is not None:
+            enable = getattr(self.user, "enable_shared_memory_output", None)
+            if enable is not None:
+                enable()
+        elif SharedMemoryArray is not None:
+            self.allocate = _shared_memory
+
+    def __call__(self, elements: list[Any]) -> Any:
+        if self.user is not None:
+            return self.user(elements)
+        return default_collate(elements, allocate=self.allocate)
+
+
+class _CheckedCollate(_Collate):
+    """Collates a list of elements; a None element (a filtered parent) is an error."""
 
     def __call__(self, elements: list[Any]) -> Any:
         for i, element in enumerate(elements):
@@ -105,7 +143,41 @@ class _CheckedCollate:
                     "another transformation that drops elements), so positions do not map to "
                     "elements. Use parent.to_iter_dataset() and RampupIterDataset instead."
                 )
-        return self.collate(elements)
+        return super().__call__(elements)
+
+
+def _batched_spec(spec: Any, size: int | None) -> Any:
+    """A batch's element spec from its elements' spec: a leading axis of `size` on every leaf."""
+    if isinstance(spec, Mapping):
+        out = {k: _batched_spec(v, size) for k, v in spec.items()}
+        return out if type(spec) is dict else type(spec)(out)
+    if isinstance(spec, tuple) and hasattr(spec, "_fields"):
+        return type(spec)(*(_batched_spec(v, size) for v in spec))
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(_batched_spec(v, size) for v in spec)
+    return grain.experimental.ShapeDtypeStruct(shape=(size, *spec.shape), dtype=spec.dtype)
+
+
+def _element_spec(parent_spec: Any, plan: Plan, process_index: int, process_count: int,
+                  drop_remainder: bool, collate: _Collate) -> Any:
+    """The spec of a ramp's batches, as grain's `.batch` gives it.
+
+    The batch axis is the size where every batch has it (one size, no partial
+    last batch), else None. A user's collate must describe its own output, as
+    grain's `BatchFn.output_spec(input_spec, batch_size, drop_remainder)` does.
+    """
+    size = None
+    if drop_remainder and plan.schedule.segmented and len(plan.segments()) == 1:
+        lo, hi = plan.local_bounds(0, process_index, process_count)
+        size = hi - lo
+    if collate.user is None:
+        return _batched_spec(parent_spec, size)
+    output_spec = getattr(collate.user, "output_spec", None)
+    if output_spec is None:
+        raise NotImplementedError(
+            "element spec inference with a custom collate needs its output_spec(input_spec, "
+            "batch_size, drop_remainder) method, as grain's BatchFn has")
+    return output_spec(parent_spec, size, drop_remainder)
 
 
 class _BatchedReads:
@@ -170,12 +242,13 @@ class RampupMapDataset(grain.MapDataset):
         _check_dense(parent)
         super().__init__(parent)
         index, count = process_slice(process_index, process_count)
+        self._collate = _CheckedCollate(collate)
         self._batches = RampupBatches(
             _BatchedReads(parent),
             schedule,
             num_epochs=num_epochs,
             drop_remainder=drop_remainder,
-            collate=_CheckedCollate(collate),
+            collate=self._collate,
             process_index=index,
             process_count=count,
             on_schedule_change=on_schedule_change,
@@ -215,6 +288,16 @@ class RampupMapDataset(grain.MapDataset):
         `on_schedule_change="continue"`), behind `mp_prefetch` too.
         """
         return RampupMapIterDataset(self, read_options, check_flag(allow_nones, "allow_nones"))
+
+    @property
+    def _element_spec(self) -> Any:
+        b = self._batches
+        return _element_spec(grain.experimental.get_element_spec(self._parent), b.plan,
+                             b.process_index, b.process_count, b.drop_remainder, self._collate)
+
+    def enable_shared_memory_output(self) -> None:
+        """Batches are stacked into shared memory (grain's `mp_prefetch` calls it in workers)."""
+        self._collate.enable_shared_memory_output()
 
     def __str__(self) -> str:
         b = self._batches
@@ -304,6 +387,14 @@ class RampupMapIterDataset(grain.IterDataset):
         return RampupMapDatasetIterator(self._ramp, self._read_options, self._allow_nones,
                                         self._stride, self._start[1])
 
+    @property
+    def _element_spec(self) -> Any:
+        return grain.experimental.get_element_spec(self._ramp)
+
+    def enable_shared_memory_output(self) -> None:
+        """Batches are stacked into shared memory (grain's `mp_prefetch` calls it in workers)."""
+        self._ramp.enable_shared_memory_output()
+
     def __str__(self) -> str:
         return f"RampupMapIterDataset(read_options={self._read_options}, {self._stride})"
 
@@ -357,6 +448,12 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             self._inner, self._shift = self._iterate(shift), shift
         self._inner.set_state({"next_index": index})
 
+    def _get_next_index(self) -> int:
+        return self.step
+
+    def _set_next_index(self, index: int) -> None:
+        self.set_state(make_state(self.plan, index, self.plan.offset(index) + self._shift))
+
     def close(self) -> None:
         """Stops grain's prefetch threads."""
         inner = vars(self).get("_inner")  # grain's __del__ closes even after a failed __init__
@@ -399,6 +496,10 @@ class RampupPrefetchIterDataset(grain.IterDataset):
 
     def __iter__(self) -> RampupPrefetchDatasetIterator:
         return RampupPrefetchDatasetIterator(self, self._parent._ramp)
+
+    @property
+    def _element_spec(self) -> Any:
+        return grain.experimental.get_element_spec(self._parent)
 
     def __str__(self) -> str:
         return f"RampupPrefetchIterDataset(options={self._options})"
@@ -443,6 +544,12 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         step, shift = self._ramp.batches.read_state(state)
         self.close()
         self._step, self._shift = step, shift
+
+    def _get_next_index(self) -> int:
+        return self._step
+
+    def _set_next_index(self, index: int) -> None:
+        self.set_state(make_state(self.plan, index, self.plan.offset(index) + self._shift))
 
     def close(self) -> None:
         """Stops grain's worker processes."""
@@ -530,6 +637,19 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             state = make_state(plan, step, plan.offset(step), **{PARENT_KEY: state[PARENT_KEY]})
         self._batcher.set_state(state)
 
+    def _get_next_index(self) -> int:
+        return self.step
+
+    def _set_next_index(self, index: int) -> None:
+        # The parent holds this process's share of the stream: its index is this
+        # process's count of elements before `index`, as grain's batch multiplies.
+        plan, shift = self.plan, self.shift
+        position = plan.offset(index) + shift
+        elements = position // self.process_count
+        grain.experimental.set_next_index(self._parent, elements)
+        self._batcher.set_state(make_state(plan, index, position,
+                                           **{PARENT_KEY: self._parent.get_state()}))
+
     def __str__(self) -> str:
         batcher = self._batcher
         return f"{self._name}Iterator(step={batcher.step}, schedule={batcher.plan.schedule})"
@@ -574,7 +694,7 @@ class RampupIterDataset(grain.IterDataset):
         self._process_index, self._process_count = process_slice(process_index, process_count)
         self._plan.check_processes(self._process_index, self._process_count)
         self._drop_remainder = check_flag(drop_remainder, "drop_remainder")
-        self._collate = check_collate(collate)
+        self._collate = _Collate(collate)
         self._on_schedule_change = check_policy(on_schedule_change)
 
     @property
@@ -593,6 +713,16 @@ class RampupIterDataset(grain.IterDataset):
             on_schedule_change=self._on_schedule_change,
             name=type(self).__name__,
         )
+
+    @property
+    def _element_spec(self) -> Any:
+        return _element_spec(grain.experimental.get_element_spec(self._parent), self._plan,
+                             self._process_index, self._process_count, self._drop_remainder,
+                             self._collate)
+
+    def enable_shared_memory_output(self) -> None:
+        """Batches are stacked into shared memory (grain's `mp_prefetch` calls it in workers)."""
+        self._collate.enable_shared_memory_output()
 
     def __str__(self) -> str:
         return (

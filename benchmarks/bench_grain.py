@@ -109,17 +109,22 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
         return steady_seconds(ds.mp_prefetch(options))
 
-    ours, theirs = [], []
+    ours, theirs, versus = [], [], []
     for i in range(repeats):
         order = (1, 2) if i % 2 == 0 else (2, 1)
+        two = {}
         for ds, out in ((ramp, ours), (reference, theirs)):
             times = {w: seconds_with(ds, w) for w in order}
             out.append(times[1] / times[2])
+            two[id(ds)] = times[2]
+        versus.append(two[id(ramp)] / two[id(reference)])
     return [
         at_least("RampupMapDataset + mp_prefetch throughput, 2 workers / 1, CPU-heavy",
                  statistics.median(ours), 1.6, load_sensitive=True),
         reported("reference: MapDataset.batch(32) + mp_prefetch, 2 workers / 1, same map",
                  statistics.median(theirs)),
+        at_most("RampupMapDataset + mp_prefetch 2 workers / MapDataset.batch(32) + mp_prefetch "
+                "2 workers, time, same elements", statistics.median(versus), 1.05),
     ]
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 _SCALARS = (bool, numbers.Number, str, bytes)
+
+Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 def mapping_like(template: Mapping, items: dict) -> Mapping:
@@ -85,25 +87,31 @@ def _same_text_kind(leaves: Sequence[Any]) -> bool:
                and leaf.shape == first.shape for leaf in leaves)
 
 
-def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
+def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple,
+           allocate: Allocate | None = None) -> Any:
     first = leaves[0]
     if isinstance(first, Mapping):
         keys = first.keys()
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Mapping) or leaf.keys() != keys:
                 raise _mismatch(elements, i, path, "different keys")
-        out = {k: _stack([leaf[k] for leaf in leaves], elements, (*path, k)) for k in keys}
+        out = {k: _stack([leaf[k] for leaf in leaves], elements, (*path, k), allocate)
+               for k in keys}
         return mapping_like(first, out)
     if isinstance(first, (list, tuple)):
         kind, n = type(first), len(first)
         for i, leaf in enumerate(leaves):
             if type(leaf) is not kind or len(leaf) != n:
                 raise _mismatch(elements, i, path, "different structure")
-        parts = [_stack([leaf[j] for leaf in leaves], elements, (*path, j)) for j in range(n)]
+        parts = [_stack([leaf[j] for leaf in leaves], elements, (*path, j), allocate)
+                 for j in range(n)]
         return kind(*parts) if hasattr(first, "_fields") else kind(parts)
     if isinstance(first, (np.ndarray, np.generic)):
         try:
-            return np.stack(leaves, dtype=first.dtype, casting="no")
+            if allocate is None or first.dtype.hasobject:
+                return np.stack(leaves, dtype=first.dtype, casting="no")
+            out = allocate((len(leaves), *first.shape), first.dtype)
+            return np.stack(leaves, out=out, casting="no")  # out's dtype is first.dtype
         except (ValueError, TypeError) as e:
             if first.dtype.kind in "US" and _same_text_kind(leaves):
                 return np.stack(leaves)  # the widest string's width, as grain's batch gives
@@ -121,7 +129,8 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
                 raise _mismatch(elements, i, path, "different dataclass")
         fields = [f.name for f in dataclasses.fields(first) if f.init]
         return dataclasses.replace(first, **{
-            name: _stack([getattr(leaf, name) for leaf in leaves], elements, (*path, name))
+            name: _stack([getattr(leaf, name) for leaf in leaves], elements, (*path, name),
+                         allocate)
             for name in fields})
     if isinstance(first, _SCALARS):
         kind = type(first)
@@ -142,7 +151,7 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple) -> Any:
     )
 
 
-def default_collate(elements: Sequence[Any]) -> Any:
+def default_collate(elements: Sequence[Any], *, allocate: Allocate | None = None) -> Any:
     """Stacks elements (pytrees of arrays and scalars) along a new leading axis.
 
     Dicts (any mapping type, a `defaultdict` with its factory), lists, tuples,
@@ -152,10 +161,13 @@ def default_collate(elements: Sequence[Any]) -> Any:
 
     Args:
       elements: the batch's elements, all of the same structure, dtypes and shapes.
+      allocate: `(shape, dtype) -> array` that each NumPy leaf's batch is stacked
+        into (grain's shared memory in `mp_prefetch` workers); None allocates as
+        `np.stack` does. Not called for object dtypes.
 
     Returns:
       One pytree of the elements' structure whose leaves have a leading batch axis.
     """
     if len(elements) == 0:
         raise ValueError("cannot collate an empty list of elements")
-    return _stack(elements, elements, ())
+    return _stack(elements, elements, (), allocate)
