@@ -308,16 +308,17 @@ def _layout(plan: Plan, rows: int) -> _Layout:
     """
     segments = plan.segments()
     tail = segments[-1]
-    starts, owners = [], []
+    starts, owners = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for i, segment in enumerate(segments[:-1]):
         block = -(-rows // segment.size)
-        for step in range(segment.first_step, segment.last_step + 1, block):
-            starts.append(plan.offset(step))
-            owners.append(i)
+        steps = np.arange(segment.first_step, segment.last_step + 1, block, dtype=np.int64)
+        # plan.offset(step) over a run of one size, for every window start at once
+        starts.append(segment.offset + (steps - segment.first_step) * segment.size)
+        owners.append(np.full(len(steps), i, np.int64))
     tail_block = -(-rows // tail.size)
     length = plan.offset(tail.first_step + tail_block) - tail.offset
     period = length * -(-max(tail.offset, 1) // length)
-    ramp = np.array(starts, np.int64)
+    ramp = np.concatenate(starts)
     cuts = np.union1d(ramp, np.arange(tail.offset % length, period, length, dtype=np.int64))
     # Four periods hold every kind of window: the ramp's, the first period's last-segment
     # windows, and (completed by the next period) the ones that cross a period's end.
@@ -327,16 +328,18 @@ def _layout(plan: Plan, rows: int) -> _Layout:
         (periods * period - tail.offset) // length + 1, dtype=np.int64)
     window_starts = np.concatenate([ramp, tail_starts])
     window_segment = np.concatenate(
-        [np.array(owners, np.int64), np.full(len(tail_starts), len(segments) - 1, np.int64)])
+        [*owners, np.full(len(tail_starts), len(segments) - 1, np.int64)])
     window = np.searchsorted(window_starts, all_cuts, side="right") - 1
     chunks = np.bincount(window, minlength=len(window_starts))
-    classes: dict[tuple[int, int], int] = {}
-    keys = np.array([classes.setdefault((int(window_segment[w]), int(chunks[w])), len(classes))
-                     for w in window], np.int64).reshape(periods, len(cuts))
+    # A window class is its (segment, number of chunks), one int64 each to be unique'd.
+    stride = int(chunks.max()) + 1
+    classes, keys = np.unique(window_segment[window] * stride + chunks[window],
+                              return_inverse=True)
+    keys = keys.astype(np.int64).reshape(periods, len(cuts))
     if not (keys[1] == keys[2]).all():  # the period argument above, checked
         raise AssertionError(f"rampup_batch: chunk keys do not repeat for {plan}")
-    table = np.array(list(classes), np.int64).reshape(-1, 2)
-    return _Layout(np.diff(np.append(cuts, period)), keys[0], keys[1], table[:, 0], table[:, 1])
+    return _Layout(np.diff(np.append(cuts, period)), keys[0], keys[1], classes // stride,
+                   classes % stride)
 
 
 def rampup_batch(
