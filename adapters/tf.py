@@ -412,11 +412,12 @@ def rampup_batch(
     # returns an input is not run per chunk (tf.data short-circuits it).
     keys = tf.data.Dataset.from_tensor_slices(layout.first_keys).concatenate(
         tf.data.Dataset.from_tensor_slices(layout.later_keys).repeat())
-    # Every chunk is whole `batch`es, never a slice of one: `rebatch` warns on each slice
-    # it reads (a shared buffer, "Tensor RefCount not reliable"). The partial last chunk
-    # of a finite `ds` may still hold whole steps: only the windows' `rebatch` drops.
-    quantum = int(np.gcd.reduce(layout.chunk_sizes))
-    chunks = ds.batch(quantum).rebatch(layout.chunk_sizes)
+    # `batch`es no longer than the shortest chunk: every chunk then spans a border of two
+    # batches (a copy into a new buffer) or is one whole batch, never a slice of one, which
+    # the windows' `rebatch` would warn about on every read (a shared buffer: "Tensor
+    # RefCount not reliable"). The partial last chunk of a finite `ds` may still hold
+    # whole steps: only the windows' `rebatch` drops a remainder.
+    chunks = ds.batch(int(layout.chunk_sizes.min())).rebatch(layout.chunk_sizes)
     return (
         tf.data.Dataset.zip((keys, chunks))
         .group_by_window(lambda key, _: key, steps,

@@ -98,7 +98,7 @@ def generator_vs_native(data: np.ndarray, final: int, repeats: int) -> dict[str,
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """All tf.data ratios; `quick` for a smoke run on less data."""
-    samples, repeats = (20_000, 3) if quick else (200_000, 9)
+    samples, repeats = (20_000, 3) if quick else (200_000, 15)
     data = np.random.default_rng(0).random((samples, WIDTH), dtype=np.float32)
     return [
         native_constant_vs_batch(data, 256, repeats),
