@@ -38,7 +38,7 @@ from rampup.batching import (
     check_policy,
     make_state,
 )
-from rampup.collate import default_collate
+from rampup.collate import Allocate, default_collate, mapping_like
 from rampup.plan import Plan, WorkerStride
 from rampup.protocol import ScheduledIterator
 from rampup.schedules import Schedule, check_flag
@@ -115,7 +115,7 @@ class _Collate:
 
     def __init__(self, collate: Callable[[list[Any]], Any] | None) -> None:
         self.user = check_collate(collate)
-        self.allocate = None
+        self.allocate: Allocate | None = None
 
     def enable_shared_memory_output(self) -> None:
         """Stack into shared memory from now on (grain's `mp_prefetch` calls it in workers)."""
@@ -149,8 +149,7 @@ class _CheckedCollate(_Collate):
 def _batched_spec(spec: Any, size: int | None) -> Any:
     """A batch's element spec from its elements' spec: a leading axis of `size` on every leaf."""
     if isinstance(spec, Mapping):
-        out = {k: _batched_spec(v, size) for k, v in spec.items()}
-        return out if type(spec) is dict else type(spec)(out)
+        return mapping_like(spec, {k: _batched_spec(v, size) for k, v in spec.items()})
     if isinstance(spec, tuple) and hasattr(spec, "_fields"):
         return type(spec)(*(_batched_spec(v, size) for v in spec))
     if isinstance(spec, (list, tuple)):

@@ -309,9 +309,9 @@ def _layout(plan: Plan, rows: int) -> _Layout:
     segments = plan.segments()
     tail = segments[-1]
     starts, owners = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for i, segment in enumerate(segments[:-1]):
+    for i, (segment, following) in enumerate(zip(segments[:-1], segments[1:], strict=True)):
         block = -(-rows // segment.size)
-        steps = np.arange(segment.first_step, segment.last_step + 1, block, dtype=np.int64)
+        steps = np.arange(segment.first_step, following.first_step, block, dtype=np.int64)
         # plan.offset(step) over a run of one size, for every window start at once
         starts.append(segment.offset + (steps - segment.first_step) * segment.size)
         owners.append(np.full(len(steps), i, np.int64))

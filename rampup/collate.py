@@ -110,8 +110,8 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple,
         try:
             if allocate is None or first.dtype.hasobject:
                 return np.stack(leaves, dtype=first.dtype, casting="no")
-            out = allocate((len(leaves), *first.shape), first.dtype)
-            return np.stack(leaves, out=out, casting="no")  # out's dtype is first.dtype
+            buffer = allocate((len(leaves), *first.shape), first.dtype)
+            return np.stack(leaves, out=buffer, casting="no")  # its dtype is first.dtype
         except (ValueError, TypeError) as e:
             if first.dtype.kind in "US" and _same_text_kind(leaves):
                 return np.stack(leaves)  # the widest string's width, as grain's batch gives
