@@ -25,7 +25,7 @@ from rampup.schedules import (
     stepwise,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it
 
 __all__ = [
     "AdaptiveSchedule",
