@@ -1,10 +1,59 @@
-"""Test setup shared by every environment.
+"""Test setup shared by every environment, and the fixtures several test modules use.
 
 JAX reads XLA_FLAGS once, at import: 8 simulated CPU devices must be asked for
 before any test module imports jax.
 """
 
+import importlib.util
 import os
+import pathlib
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+import rampup  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The properties draw schedules, lengths and process counts; their examples run whole
+# pipelines, so hypothesis's 200 ms deadline would flag a slow machine, not a bug.
+settings.register_profile("rampup", max_examples=60, deadline=None)
+settings.load_profile("rampup")
+
+
+def pytest_report_header() -> str:
+    """Says which `rampup` the tests import: the source tree, an editable or a wheel install."""
+    return f"rampup {rampup.__version__} from {pathlib.Path(rampup.__file__).parent}"
+
+
+@pytest.fixture(scope="session")
+def read_options():
+    """grain `ReadOptions` without reader threads: cheap elements, no threads to leak."""
+    grain = pytest.importorskip("grain")
+    return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+@pytest.fixture
+def multiprocessing_context():
+    """The start method for DataLoader workers in this test process.
+
+    Forking a process that runs JAX's (or TensorFlow's) threads can deadlock the child,
+    and JAX warns at every fork; once either is imported, workers are spawned instead.
+    """
+    return "spawn" if {"jax", "tensorflow"} & set(sys.modules) else None
+
+
+@pytest.fixture(scope="session")
+def batch_size_metric():
+    """The Keras metric of examples/keras_fit.py: the size of the batch the model trained on."""
+    pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    path = ROOT / "examples" / "keras_fit.py"
+    spec = importlib.util.spec_from_file_location("keras_fit_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BatchSize

@@ -18,12 +18,13 @@ from rampup.adapters.grain import (  # noqa: E402
     stepwise_rampup_schedule,
 )
 
-CHEAP = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 XLSTM_SCALES = {0: 0.25, 1000: 0.5, 2000: 1.0}
 
 
-def parent(n: int = 60) -> grain.IterDataset:
-    return grain.MapDataset.range(n).to_iter_dataset(CHEAP)
+@pytest.fixture
+def parent(read_options):
+    """Makes `grain.MapDataset.range(n)` as an IterDataset."""
+    return lambda n=60: grain.MapDataset.range(n).to_iter_dataset(read_options)
 
 
 def sizes(ds) -> list[int]:
@@ -79,7 +80,7 @@ def test_create_schedule_by_type():
         create_batch_rampup_schedule(8, "cosine")
 
 
-def test_batches_follow_the_xlstm_rule_per_step():
+def test_batches_follow_the_xlstm_rule_per_step(parent):
     ds = batch_dataset_with_rampup(parent(), 8, boundaries_and_scales={"0": 0.25, "3": 0.5,
                                                                         "5": 1.0})
     assert isinstance(ds, BatchRampUpIterDataset)
@@ -88,7 +89,7 @@ def test_batches_follow_the_xlstm_rule_per_step():
     assert [int(v) for b in ds for v in b] == list(range(60))
 
 
-def test_drop_remainder_leaves_out_the_partial_batch():
+def test_drop_remainder_leaves_out_the_partial_batch(parent):
     ds = batch_dataset_with_rampup(parent(), 8, drop_remainder=True,
                                    boundaries_and_scales={0: 0.25, 3: 0.5, 5: 1.0})
     assert sizes(ds) == [2, 2, 2, 4, 4, 8, 8, 8, 8, 8]
@@ -96,14 +97,14 @@ def test_drop_remainder_leaves_out_the_partial_batch():
 
 @pytest.mark.parametrize("kwargs", [{"schedule_type": "constant"},
                                     {"schedule_type": "stepwise"}])
-def test_constant_falls_back_to_grain_batch(kwargs):
+def test_constant_falls_back_to_grain_batch(kwargs, parent):
     ds = batch_dataset_with_rampup(parent(10), 4, **kwargs)
     assert not isinstance(ds, BatchRampUpIterDataset)
     expected = parent(10).batch(4)
     assert [b.tolist() for b in ds] == [b.tolist() for b in expected]
 
 
-def test_callable_schedule_and_batch_fn_receive_what_grain_gives():
+def test_callable_schedule_and_batch_fn_receive_what_grain_gives(parent):
     seen = []
 
     def batch_fn(values):
@@ -119,7 +120,7 @@ def plus_one(step):
     return step + 1
 
 
-def test_a_lambda_schedule_is_refused_with_the_fix():
+def test_a_lambda_schedule_is_refused_with_the_fix(parent):
     # A lambda has no stable identity for the state's schedule fingerprint.
     with pytest.raises(ValueError, match="name="):
         BatchRampUpIterDataset(parent(10), lambda step: step + 1)
@@ -127,14 +128,14 @@ def test_a_lambda_schedule_is_refused_with_the_fix():
     assert [len(b) for b in BatchRampUpIterDataset(parent(10), named)] == [1, 2, 3, 4]
 
 
-def test_str_names_the_dropin_class():
+def test_str_names_the_dropin_class(parent):
     ds = BatchRampUpIterDataset(parent(), stepwise_rampup_schedule(8, XLSTM_SCALES))
     assert str(ds).startswith("BatchRampUpIterDataset(")
     assert str(iter(ds)).startswith("BatchRampUpIterDatasetIterator(")
 
 
 @pytest.mark.parametrize("step", [1, 4, 7])
-def test_restores_a_state_the_xlstm_module_wrote(step):
+def test_restores_a_state_the_xlstm_module_wrote(step, parent):
     scales = {0: 0.25, 3: 0.5, 5: 1.0}
     ds = BatchRampUpIterDataset(parent(), stepwise_rampup_schedule(8, scales))
     whole = [b.tolist() for b in ds]
@@ -151,7 +152,7 @@ def test_restores_a_state_the_xlstm_module_wrote(step):
     assert [b.tolist() for b in it] == whole[step:]
 
 
-def test_dropin_state_round_trips_through_json():
+def test_dropin_state_round_trips_through_json(parent):
     ds = BatchRampUpIterDataset(parent(), stepwise_rampup_schedule(8, {0: 0.25, 3: 0.5}))
     it = iter(ds)
     first = [next(it).tolist() for _ in range(4)]
@@ -163,9 +164,9 @@ def test_dropin_state_round_trips_through_json():
     assert [b.tolist() for b in again] == whole[4:]
 
 
-def test_dropin_default_collate_stacks_pytrees():
+def test_dropin_default_collate_stacks_pytrees(read_options):
     elements = grain.MapDataset.range(6).map(lambda x: {"a": np.full((2,), x)}).to_iter_dataset(
-        CHEAP)
+        read_options)
     ds = BatchRampUpIterDataset(elements, constant_rampup_schedule(3))
     first = next(iter(ds))
     assert first["a"].shape == (3, 2)

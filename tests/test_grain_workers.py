@@ -15,7 +15,6 @@ from rampup.adapters.grain import RampupIterDataset, RampupMapDataset  # noqa: E
 pytestmark = pytest.mark.slow
 
 LENGTH = 40
-CHEAP = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 TWO_WORKERS = grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=2)
 # Boundaries at odd steps, so the workers' round-robin crosses them mid-cycle.
 SCHEDULE = rampup.piecewise({0: 2, 3: 5, 7: 3})
@@ -68,10 +67,10 @@ def copies(batches) -> list[list[int]]:
     return [np.asarray(b)[:, 0].tolist() for b in batches]
 
 
-def test_map_dataset_under_two_workers_equals_one_process():
+def test_map_dataset_under_two_workers_equals_one_process(read_options):
     ds = RampupMapDataset(source(), SCHEDULE, num_epochs=1, process_index=0, process_count=1)
     single = copies(ds[k] for k in range(len(ds)))
-    with Bounded(ds.to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)) as it:
+    with Bounded(ds.to_iter_dataset(read_options).mp_prefetch(TWO_WORKERS)) as it:
         parallel = copies(it)
     plan = rampup.Plan(SCHEDULE)
     sizes = [len(b) for b in parallel]
@@ -80,10 +79,10 @@ def test_map_dataset_under_two_workers_equals_one_process():
     assert sorted(v for b in parallel for v in b) == list(range(LENGTH))
 
 
-def test_map_dataset_under_two_workers_restores_through_json():
+def test_map_dataset_under_two_workers_restores_through_json(read_options):
     ds = RampupMapDataset(source(), SCHEDULE, num_epochs=2, process_index=0, process_count=1)
     single = copies(ds[k] for k in range(len(ds)))
-    pipeline = ds.to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)
+    pipeline = ds.to_iter_dataset(read_options).mp_prefetch(TWO_WORKERS)
     with Bounded(pipeline) as it:
         for _ in range(5):
             next(it)
@@ -93,16 +92,16 @@ def test_map_dataset_under_two_workers_restores_through_json():
         assert copies(it) == single[5:]
 
 
-def test_iter_dataset_inside_workers_raises_with_the_fix():
-    ds = RampupIterDataset(source().to_iter_dataset(CHEAP), SCHEDULE,
+def test_iter_dataset_inside_workers_raises_with_the_fix(read_options):
+    ds = RampupIterDataset(source().to_iter_dataset(read_options), SCHEDULE,
                            process_index=0, process_count=1)
     with pytest.raises(ValueError, match="after mp_prefetch.*RampupMapDataset"):
         with Bounded(ds.mp_prefetch(TWO_WORKERS)) as it:
             next(it)
 
 
-def test_iter_dataset_after_workers_follows_the_schedule():
-    stream = source().to_iter_dataset(CHEAP).mp_prefetch(TWO_WORKERS)
+def test_iter_dataset_after_workers_follows_the_schedule(read_options):
+    stream = source().to_iter_dataset(read_options).mp_prefetch(TWO_WORKERS)
     ds = RampupIterDataset(stream, SCHEDULE, process_index=0, process_count=1)
     with Bounded(ds) as it:
         batches = copies(it)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from rampup import Plan, RampupBatches, linear, piecewise, stepwise
@@ -41,10 +41,6 @@ def linear_schedules(draw):
 def schedules():
     """Schedules whose sizes are multiples of 8, so that every process count divides them."""
     return st.one_of(piecewise_schedules(), stepwise_schedules(), linear_schedules())
-
-
-settings.register_profile("rampup", max_examples=60, deadline=None)
-settings.load_profile("rampup")
 
 
 @given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans(),

@@ -302,7 +302,7 @@ def test_generator_composes_with_map_and_prefetch():
 
 
 @pytest.mark.parametrize("path", ["generator", "native"])
-def test_keras_fit_sees_the_scheduled_sizes(path):
+def test_keras_fit_sees_the_scheduled_sizes(path, batch_size_metric):
     keras = pytest.importorskip("keras")
     schedule = SCHEDULES["stepwise"]
     rng = np.random.default_rng(0)
@@ -313,17 +313,6 @@ def test_keras_fit_sees_the_scheduled_sizes(path):
     else:
         ds = rampup_batch(tf.data.Dataset.from_tensor_slices((x, y)).repeat(), schedule)
 
-    class BatchSize(keras.metrics.Metric):
-        def __init__(self):
-            super().__init__(name="batch_size")
-            self.size = self.add_weight(name="size", initializer="zeros")
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            self.size.assign(keras.ops.cast(keras.ops.shape(y_true)[0], "float32"))
-
-        def result(self):
-            return self.size
-
     class Sizes(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
@@ -333,7 +322,7 @@ def test_keras_fit_sees_the_scheduled_sizes(path):
             self.seen.append(int(logs["batch_size"]))
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse", metrics=[BatchSize()])
+    model.compile(optimizer="sgd", loss="mse", metrics=[batch_size_metric()])
     sizes = Sizes()
     model.fit(ds, steps_per_epoch=8, epochs=1, verbose=0, callbacks=[sizes])
     assert sizes.seen == [Plan(schedule).size(k) for k in range(8)]
