@@ -70,10 +70,11 @@ def main() -> None:
                 data=ocp.args.JsonRestore()))
             train_state = restored["train_state"]
             iterator.set_state(restored["data"])  # O(1): the data position follows the step
+        seen = dataset.plan.offset(start)  # samples trained on before this run
         with device_batches(iterator, sharding, prefetch=2) as batches:
             for step, batch in zip(range(start, args.steps), batches, strict=False):
                 train_state, loss = train_step(train_state, batch)
-                seen = dataset.plan.offset(step + 1)
+                seen += batch["x"].shape[0]  # the global batch: every process's rows
                 print(f"step {step} batch {batch['x'].shape[0]} samples {seen} "
                       f"compiles {train_step._cache_size()} lr {float(lr(step)):.6g} "
                       f"loss {float(loss):.6f}")

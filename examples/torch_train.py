@@ -57,6 +57,7 @@ def main() -> None:
     # so the scheduler starts at the restored step with nothing of its own to restore.
     optimizer.param_groups[0]["initial_lr"] = 1e-2
     scheduler = LambdaLR(optimizer, lr_lambda(schedule), last_epoch=start - 1)
+    seen = dataset.plan.offset(start)  # samples trained on before this run
     loader = DataLoader(dataset, batch_size=None, num_workers=args.workers)
     for step, micro in zip(range(start, args.steps), loader, strict=False):
         optimizer.zero_grad()
@@ -68,8 +69,8 @@ def main() -> None:
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
-        seen = dataset.plan.offset(step + 1)
         rows = sum(len(part["x"]) for part in micro)
+        seen += rows
         print(f"step {step} batch {rows} samples {seen} micro {len(micro)} lr {lr:.6g} "
               f"loss {loss:.6f}")
     if args.steps > start:

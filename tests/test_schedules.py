@@ -80,7 +80,13 @@ def test_sample_thresholds_take_effect_at_first_step_whose_offset_reaches_them()
 
 def test_token_thresholds_convert_with_tokens_per_sample():
     s = piecewise({0: 4, 40: 8}, unit="tokens", tokens_per_sample=4)  # 40 tokens = 10 samples
-    assert s == s and sizes(s, 5) == [4, 4, 4, 8, 8]
+    # offsets 0,4,8,12 samples = 0,16,32,48 tokens: step 3 is the first with 4*O >= 40.
+    assert sizes(s, 5) == [4, 4, 4, 8, 8]
+    shorter = piecewise({0: 4, 40: 8}, unit="tokens", tokens_per_sample=2)  # = 20 samples
+    assert sizes(shorter, 7) == [4, 4, 4, 4, 4, 8, 8]
+    assert s == piecewise({0: 4, 40: 8}, unit="tokens", tokens_per_sample=4)
+    assert hash(s) == hash(piecewise({0: 4, 40: 8}, unit="tokens", tokens_per_sample=4))
+    assert s != shorter
 
 
 def test_tokens_need_tokens_per_sample():
