@@ -1,5 +1,6 @@
 """Properties over random schedules, lengths, epochs, seeds and process counts."""
 
+import functools
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rampup import Plan, RampupBatches, linear, piecewise, stepwise
+from rampup import Plan, RampupBatches, StreamBatcher, from_fn, linear, piecewise, stepwise
 
 PROCESS_COUNTS = (1, 2, 4, 8)
 
@@ -131,3 +132,125 @@ def test_step_at_inverts_offset(schedule, k):
     assert plan.step_at(plan.offset(k)) == k
     assert plan.step_at(plan.offset(k) + plan.size(k) - 1) == k
     assert plan.offset(k + 1) - plan.offset(k) == plan.size(k) == schedule(k)
+
+
+# Independent oracles: each property below checks the library against a rule written out
+# here step by step, never against Plan itself.
+
+
+def simulate(thresholds: dict[int, int], steps: int, tokens_per_sample: int = 1) -> list[int]:
+    """Sizes of steps 0..steps-1, one step at a time: step k takes the size of the largest
+    threshold reached by the samples (times tokens_per_sample) consumed before it."""
+    sizes, consumed = [], 0
+    for _ in range(steps):
+        reached = max(t for t in thresholds if t <= consumed * tokens_per_sample)
+        sizes.append(thresholds[reached])
+        consumed += sizes[-1]
+    return sizes
+
+
+def running_sum(sizes: list[int]) -> list[int]:
+    """Offsets O(0..len(sizes)): the samples consumed before each step."""
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+@given(st.integers(1, 16), st.dictionaries(st.integers(1, 400), st.integers(1, 16), max_size=5),
+       st.sampled_from(["samples", "tokens"]), st.integers(1, 8))
+def test_sample_and_token_thresholds_match_a_step_by_step_simulation(first, later, unit, tps):
+    table = {0: first, **later}
+    options = {"unit": unit, **({"tokens_per_sample": tps} if unit == "tokens" else {})}
+    expected = simulate(table, 80, tps if unit == "tokens" else 1)
+    schedule = piecewise(table, **options)
+    assert [schedule(k) for k in range(80)] == expected
+    plan = Plan(schedule)
+    assert [plan.offset(k) for k in range(81)] == running_sum(expected)
+
+
+@given(st.integers(1, 16), st.dictionaries(st.integers(1, 300), st.sampled_from([0.5, 1, 2, 3]),
+                                           max_size=4))
+def test_stepwise_sample_boundaries_match_a_step_by_step_simulation(batch_size, scales):
+    # The xLSTM rule in samples: int(batch_size * f_b) for the largest boundary b reached.
+    table = {0: batch_size, **{b: int(batch_size * f) for b, f in scales.items()}}
+    if min(table.values()) < 1:
+        return
+    schedule = stepwise(batch_size, scales, unit="samples")
+    assert [schedule(k) for k in range(60)] == simulate(table, 60)
+
+
+def megatron_size(consumed: int, start: int, increment: int, rampup_samples: int,
+                  final: int) -> int:
+    """Megatron-LM's `RampupBatchsizeNumMicroBatchesCalculator.update`, as published: the
+    global batch size after `consumed` samples, with its float division."""
+    num_increments = (final - start) // increment
+    rampup_samples_per_increment = rampup_samples / num_increments
+    if consumed > rampup_samples:
+        return final
+    steps = int(consumed / rampup_samples_per_increment)
+    return start + steps * increment
+
+
+@given(st.integers(1, 64), st.integers(1, 32), st.integers(1, 6), st.integers(1, 5000))
+def test_linear_follows_megatron_up_to_its_float_division(start, increment, n, rampup_samples):
+    final = start + n * increment
+    schedule = linear(start, increment, rampup_samples, final)
+    consumed = 0
+    for k in range(200):
+        theirs = megatron_size(consumed, start, increment, rampup_samples, final)
+        ours = schedule(k)
+        # The one documented difference: where consumed * n / rampup_samples is a whole
+        # number, Megatron's float quotient can fall just short of it; the exact one cannot.
+        exact_boundary = consumed <= rampup_samples and consumed * n % rampup_samples == 0
+        assert ours == theirs or (exact_boundary and ours == theirs + increment), (k, consumed)
+        consumed += ours
+
+
+def test_linear_differs_from_megatron_where_its_float_division_falls_short():
+    # start 3, increment 3, 36 samples, final 24: offsets 0, 3, 6, 12, 21, 36.
+    assert running_sum([linear(3, 3, 36, 24)(k) for k in range(5)])[-1] == 36
+    assert megatron_size(36, 3, 3, 36, 24) == 21
+    assert linear(3, 3, 36, 24)(5) == 24
+
+
+@given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans())
+def test_stream_batcher_equals_random_access_without_shuffle(schedule, n, epochs, drop):
+    expected = list(RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop))
+    stream = StreamBatcher(iter(np.tile(np.arange(n), epochs)), schedule, drop_remainder=drop)
+    assert [b.tolist() for b in stream] == [b.tolist() for b in expected]
+
+
+@given(schedules(), schedules(), st.integers(1, 50), st.integers(0, 20), st.integers(1, 20))
+def test_continue_under_a_new_schedule_skips_and_repeats_no_sample(old, new, n, step, more):
+    it = RampupBatches(np.arange(n), old).iter_from(0)
+    before = [next(it) for _ in range(step)]
+    state = json.loads(json.dumps(it.get_state()))
+    resumed = RampupBatches(np.arange(n), new, on_schedule_change="continue").iter_from(0)
+    resumed.set_state(state)
+    after = [next(resumed) for _ in range(more)]
+    assert [len(b) for b in after] == [new(k) for k in range(step, step + more)]
+    flat = [int(v) for b in before + after for v in b]
+    assert flat == [p % n for p in range(len(flat))]  # stream positions 0, 1, 2, ... in order
+
+
+def sizes_from(table: tuple[int, ...]):
+    """A step -> size function that cycles through `table` (module level: it pickles)."""
+    return functools.partial(_cycle, table)
+
+
+def _cycle(table: tuple[int, ...], step: int) -> int:
+    return table[(step // 3) % len(table)]
+
+
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=8), st.integers(0, 300))
+def test_from_fn_sizes_offsets_and_steps_match_the_function(table, position):
+    fn = sizes_from(tuple(table))
+    schedule = from_fn(fn)
+    sizes = [fn(k) for k in range(120)]
+    assert [schedule(k) for k in range(120)] == sizes
+    plan = Plan(schedule)
+    offsets = running_sum(sizes)
+    assert [plan.offset(k) for k in range(121)] == offsets
+    position %= offsets[120]  # within the 120 steps simulated
+    assert plan.step_at(position) == max(k for k in range(120) if offsets[k] <= position)
