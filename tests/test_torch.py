@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -48,27 +47,29 @@ class Stream(IterableDataset):
         return iter(ARRAY)
 
 
-def numpy_tree(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch.numpy()
-    if isinstance(batch, dict):
-        return {k: numpy_tree(v) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(numpy_tree(v) for v in batch)
-    return batch
+def assert_same_tree(got, expected, where):
+    """`got`, a batch of torch tensors, holds the structure and values of `expected` (NumPy)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and got.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_tree(got[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        if hasattr(expected, "_fields"):  # a namedtuple keeps its type
+            assert type(got) is type(expected), (where, type(got))
+        assert isinstance(got, (list, tuple)) and len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            assert_same_tree(g, e, f"{where}[{i}]")
+    else:
+        assert isinstance(got, torch.Tensor), (where, type(got))
+        assert got.numpy().dtype == np.asarray(expected).dtype, where
+        np.testing.assert_array_equal(got.numpy(), expected, err_msg=where)
 
 
 def assert_same_batches(got, expected):
+    """The adapter's batches (tensors) equal the core's NumPy batches, step by step."""
     assert len(got) == len(expected)
     for k, (g, e) in enumerate(zip(got, expected, strict=True)):
-        g, e = numpy_tree(g), e
-        if isinstance(e, dict):
-            assert g.keys() == e.keys(), k
-            np.testing.assert_array_equal(g["x"], e["x"], err_msg=f"step {k}")
-            for gi, ei in zip(g["meta"], e["meta"], strict=True):
-                np.testing.assert_array_equal(gi, ei, err_msg=f"step {k}")
-        else:
-            np.testing.assert_array_equal(g, e, err_msg=f"step {k}")
+        assert_same_tree(g, e, f"step {k}")
 
 
 SCENARIOS = {
@@ -76,6 +77,16 @@ SCENARIOS = {
     "shuffle-dicts-drop": dict(source=DictDataset(), shuffle=True, drop_remainder=True, start=0),
     "shuffle-set_step-5": dict(source=ARRAY, shuffle=True, drop_remainder=False, start=5),
 }
+
+
+@pytest.fixture
+def loader(multiprocessing_context):
+    """Makes `DataLoader(ds, batch_size=None, num_workers=W)`, workers started the safe way."""
+    def make(ds, num_workers, cls=DataLoader):
+        context = multiprocessing_context if num_workers else None
+        return cls(ds, batch_size=None, num_workers=num_workers, multiprocessing_context=context)
+
+    return make
 
 
 def make(scenario, set_step=True):
@@ -91,9 +102,9 @@ def make(scenario, set_step=True):
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_any_number_of_workers_yields_the_core_sequence(scenario, num_workers):
+def test_any_number_of_workers_yields_the_core_sequence(scenario, num_workers, loader):
     ds, expected = make(scenario)
-    got = list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+    got = list(loader(ds, num_workers))
     assert_same_batches(got, expected)
 
 
@@ -138,11 +149,11 @@ def test_batches_are_tensors_that_share_the_numpy_memory():
     assert array[0, 0] == 5.0 and array[1, 1] == 6.0
 
 
-def test_nested_structure_is_kept_through_a_worker():
+def test_nested_structure_is_kept_through_a_worker(loader):
     source = [Pair(np.int64(i), {"v": ARRAY[i]}) for i in range(N)]
     ds = RampupIterableDataset(source, SCHEDULE, num_epochs=1)
     expected = list(RampupBatches(source, SCHEDULE, num_epochs=1))
-    got = list(DataLoader(ds, batch_size=None, num_workers=1))
+    got = list(loader(ds, 1))
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
         assert isinstance(g, Pair) and isinstance(g.b, dict)
@@ -215,20 +226,20 @@ def test_rank_out_of_range_raises():
         RampupIterableDataset(ARRAY, SCHEDULE, rank=2, world_size=2)
 
 
-def test_iterable_source_with_one_worker_matches_the_stream():
+def test_iterable_source_with_one_worker_matches_the_stream(loader):
     ds = RampupIterableDataset(Stream(), SCHEDULE)
     expected = list(StreamBatcher(iter(ARRAY), SCHEDULE))
-    assert_same_batches(list(DataLoader(ds, batch_size=None, num_workers=1)), expected)
+    assert_same_batches(list(loader(ds, 1)), expected)
     assert_same_batches(list(ds), expected)
 
 
-def raise_from_workers(ds, num_workers=2):
+def raise_from_workers(ds, loader, num_workers=2):
     """Iterates a DataLoader over `ds` that must raise, shutting its workers down right away.
 
     torch re-raises a worker's error from inside a reference cycle; when the gc
     frees that iterator later, each worker waits out a 5 s join timeout.
     """
-    it = iter(DataLoader(ds, batch_size=None, num_workers=num_workers))
+    it = iter(loader(ds, num_workers))
     try:
         for _ in it:
             pass
@@ -236,10 +247,10 @@ def raise_from_workers(ds, num_workers=2):
         it._shutdown_workers()
 
 
-def test_iterable_source_with_two_workers_raises_with_the_fix():
+def test_iterable_source_with_two_workers_raises_with_the_fix(loader):
     ds = RampupIterableDataset(Stream(), SCHEDULE)
     with pytest.raises(ValueError, match="cannot run in 2 DataLoader workers.*map-style source"):
-        raise_from_workers(ds)
+        raise_from_workers(ds, loader)
 
 
 def test_iterable_source_cannot_seek_or_shuffle():
@@ -256,30 +267,31 @@ def failing_collate(items):
     return np.stack(items)
 
 
-def test_a_collate_error_in_a_worker_keeps_its_original_message():
+def test_a_collate_error_in_a_worker_keeps_its_original_message(loader):
     ds = RampupIterableDataset(ARRAY, SCHEDULE, collate=failing_collate)
     with pytest.raises(ValueError, match="cannot pack 5 items: the packer is full"):
-        raise_from_workers(ds)
+        raise_from_workers(ds, loader)
 
 
 @pytest.mark.parametrize(("num_workers", "draw", "scenario"), [
     (2, 0, "shuffle-dicts-drop"), (2, 1, "shuffle-set_step-5"), (0, 2, "shuffle-dicts-drop")])
-def test_stateful_dataloader_resumes_mid_epoch_identically(num_workers, draw, scenario):
+def test_stateful_dataloader_resumes_mid_epoch_identically(num_workers, draw, scenario,
+                                                          loader):
     stateful = pytest.importorskip("torchdata.stateful_dataloader")
     # With 2 workers, one checkpoint after an odd and one after an even number
     # of batches, so that either worker may be the one that yielded last.
     checkpoint = int(np.random.default_rng(draw).integers(1, 6)) * 2 + draw % 2
     ds, expected = make(scenario)
-    loader = stateful.StatefulDataLoader(ds, batch_size=None, num_workers=num_workers)
-    it = iter(loader)
+    data = loader(ds, num_workers, stateful.StatefulDataLoader)
+    it = iter(data)
     head = [next(it) for _ in range(checkpoint)]
-    state = loader.state_dict()
+    state = data.state_dict()
     del it
     saved = [s for s in json_leaves(state) if isinstance(s, dict) and "schedule" in s]
     assert saved and all(set(s) == {"version", "step", "position", "schedule"} for s in saved)
 
     resumed_ds, _ = make(scenario, set_step=False)  # the checkpoint holds the start step
-    resumed = stateful.StatefulDataLoader(resumed_ds, batch_size=None, num_workers=num_workers)
+    resumed = loader(resumed_ds, num_workers, stateful.StatefulDataLoader)
     resumed.load_state_dict(state)
     assert_same_batches(head + list(resumed), expected)
 
@@ -299,8 +311,8 @@ RANK_SCRIPT = textwrap.dedent("""
     from rampup import piecewise
     from rampup.adapters.torch import RampupIterableDataset
 
-    rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    dist.init_process_group("gloo", init_method=store, rank=rank,
                             world_size=2, timeout=datetime.timedelta(seconds=30))
     ds = RampupIterableDataset(np.arange(26).reshape(13, 2), piecewise({0: 2, 5: 6, 7: 4}),
                                shuffle=True, seed=3, num_epochs=2)
@@ -312,17 +324,13 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_gloo_ranks_concatenate_to_the_one_process_batch(tmp_path):
-    port = free_port()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1"}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), str(port),
+    # The ranks meet in a file store, not on a TCP port picked ahead (another process could
+    # take it in between); gloo's own connections bind to ports the system assigns.
+    store = (tmp_path / "store").as_uri()
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), store,
                                str(tmp_path / f"rank{r}.npz")], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in (0, 1)]
@@ -340,7 +348,8 @@ def test_two_gloo_ranks_concatenate_to_the_one_process_batch(tmp_path):
             ranks.append([f[f"arr_{i}"] for i in range(len(f.files))])
     whole = list(RampupBatches(np.arange(26).reshape(13, 2), piecewise({0: 2, 5: 6, 7: 4}),
                                shuffle_seed=3, num_epochs=2))
-    assert_same_batches([np.concatenate(pair) for pair in zip(*ranks, strict=True)], whole)
+    assert_same_batches([torch.from_numpy(np.concatenate(pair))
+                         for pair in zip(*ranks, strict=True)], whole)
 
 
 def test_load_state_dict_refuses_a_state_of_the_old_shuffle():
