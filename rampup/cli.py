@@ -157,6 +157,8 @@ def bench(args: argparse.Namespace) -> int:
 
     rows: list[dict[str, Any]] = []
     for suite, needs, module in BENCH_SUITES:
+        if args.suite and suite not in args.suite:
+            continue
         if importlib.util.find_spec(needs) is None:
             print(f"[{suite}] skipped: {needs} is not installed", file=sys.stderr)
             continue
@@ -227,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
     ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats; "
                      "a load-sensitive row that misses its target does not fail it")
     ben.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    ben.add_argument("--suite", action="append", choices=[s for s, _, _ in BENCH_SUITES],
+                     help="run only this suite (repeatable); default: every installed one")
     ben.set_defaults(run=bench)
     return p
 
