@@ -246,7 +246,7 @@ def _cycle(table: tuple[int, ...], step: int) -> int:
 @given(st.lists(st.integers(1, 12), min_size=1, max_size=8), st.integers(0, 300))
 def test_from_fn_sizes_offsets_and_steps_match_the_function(table, position):
     fn = sizes_from(tuple(table))
-    schedule = from_fn(fn)
+    schedule = from_fn(fn, name=f"cycle-{table}")
     sizes = [fn(k) for k in range(120)]
     assert [schedule(k) for k in range(120)] == sizes
     plan = Plan(schedule)
