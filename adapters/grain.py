@@ -846,7 +846,7 @@ def constant_rampup_schedule(batch_size: int) -> Callable[[int], int]:
 
 
 def stepwise_rampup_schedule(
-    batch_size: int, boundaries_and_scales: dict[int, float]
+    batch_size: int, boundaries_and_scales: dict[int, float] | dict[str, float]
 ) -> Callable[[int], int]:
     """The xLSTM stepwise rule: `int(batch_size * f_b)` for the largest boundary `b <= step`.
 

@@ -23,7 +23,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -178,7 +178,7 @@ class _Layout(NamedTuple):
     process_count: int
 
 
-def process_layout(sharding: NamedSharding) -> tuple[int, int]:
+def process_layout(sharding: NamedSharding) -> _Layout:
     """This process's `(process_index, process_count)` along the batch axis of `sharding`.
 
     Build the host-local batches with these (`RampupBatches(..., process_index=...,
@@ -190,7 +190,7 @@ def process_layout(sharding: NamedSharding) -> tuple[int, int]:
     probe = tuple(math.prod(mesh[a] for a in ((e,) if isinstance(e, str) else e or ()))
                   for e in sharding.spec) or (1,)
     index_map = sharding.addressable_devices_indices_map(probe)
-    starts = sorted({index[0].start or 0 for index in index_map.values()})
+    starts = sorted({cast(tuple, index)[0].start or 0 for index in index_map.values()})
     local = len(starts)
     return _Layout(starts[0] // local, ways // local)
 
@@ -220,14 +220,15 @@ class _Converter:
                 f"the leaves of the batch at {step} do not share a leading batch axis: "
                 f"shapes {[np.shape(leaf) for leaf in leaves]}")
         # The local rows are one process's equal share of the global batch (Plan.local_bounds).
-        size = rows.pop() * self.layout.process_count
+        size = cast(int, rows.pop()) * self.layout.process_count
         _check_size(size, f"at {step}", self.sharding, self.microbatch_size)
         if self.microbatch_size is None:
             return self.place(batch)
         count = size // self.microbatch_size
         flat, treedef = jax.tree_util.tree_flatten(batch)
         splits = [np.split(np.asarray(leaf), count) for leaf in flat]
-        return [self.place(treedef.unflatten([s[j] for s in splits])) for j in range(count)]
+        return [self.place(jax.tree_util.tree_unflatten(treedef, [s[j] for s in splits]))
+                for j in range(count)]
 
 
 class _Item(NamedTuple):
@@ -248,7 +249,7 @@ class UncheckedSourceWarning(UserWarning):
     """`device_batches` got a foreign iterable: its layout and step cannot be checked."""
 
 
-def _produce(source: Iterator[Any], convert: _Converter, slots: threading.Semaphore,
+def _produce(source: Any, convert: _Converter, slots: threading.Semaphore,
              out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int,
              scheduled: bool) -> None:
     """The producer thread. It pulls from the source only once a slot is free, so it
@@ -274,7 +275,7 @@ def _where(step: int, scheduled: bool) -> str:
         f"batch {step} of this iterator (a foreign source does not say its step)")
 
 
-def _next_item(source: Iterator[Any], convert: _Converter, with_state: bool, step: int,
+def _next_item(source: Any, convert: _Converter, with_state: bool, step: int,
                scheduled: bool) -> Any:
     """Pulls, checks and transfers the next batch; `step` is the source's (or a count)."""
     try:
@@ -282,7 +283,7 @@ def _next_item(source: Iterator[Any], convert: _Converter, with_state: bool, ste
     except StopIteration:
         return _END
     arrays = convert(_where(step, scheduled), batch)
-    next_step = source.step if scheduled else step + 1  # type: ignore[attr-defined]
+    next_step = source.step if scheduled else step + 1
     return _Item(arrays, next_step, source.get_state() if with_state else None)
 
 
@@ -298,7 +299,7 @@ class DeviceBatches(Iterator[Any]):
                  microbatch_size: int | None) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.source = iter(batches)
+        self.source: Any = cast(Any, iter(batches))  # any iterator; ScheduledIterators checked
         self.sharding = sharding
         self.prefetch = check_count(prefetch, "prefetch")
         self.microbatch_size = _check_microbatch_size(microbatch_size, sharding)
@@ -323,7 +324,7 @@ class DeviceBatches(Iterator[Any]):
         self._slots = threading.Semaphore(self.prefetch)
         self._closed = False
         self._done = False
-        self._step = self.source.step if self._scheduled else 0  # type: ignore[attr-defined]
+        self._step = self.source.step if self._scheduled else 0
         self._state = self.source.get_state() if self._with_state else None
         _LIVE.add(self)
 
@@ -419,7 +420,7 @@ class DeviceBatches(Iterator[Any]):
         self._stop_thread()
         set_state(state)
         self._done = False
-        self._step = self.source.step if self._scheduled else 0  # type: ignore[attr-defined]
+        self._step = self.source.step if self._scheduled else 0
         self._state = self.source.get_state() if self._with_state else state
 
     def _stop_thread(self, timeout: float | None = None) -> bool:

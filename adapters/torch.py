@@ -14,8 +14,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -161,7 +162,7 @@ def _accelerate_sharder() -> str | None:
     workers inherit the stack that started them, so it is seen there too (not in
     spawned workers). accelerate itself is not imported here.
     """
-    frame = sys._getframe(2)
+    frame: types.FrameType | None = sys._getframe(2)
     while frame is not None:
         owner = type(frame.f_locals.get("self"))
         if owner.__module__.startswith("accelerate.") and owner.__name__ in _ACCELERATE_SHARDERS:
@@ -406,7 +407,8 @@ class RampupIterableDataset(IterableDataset):
                 "schedule would be stretched. Use num_workers=0 or 1, or pass a map-style source "
                 "(with __len__ and __getitem__), whose batches any number of workers build by "
                 "random access")
-        stream = StreamBatcher(iter(self.source), self.plan, drop_remainder=self.drop_remainder,
+        source = cast(Iterable[Any], self.source)  # set whenever self.batches is None
+        stream = StreamBatcher(iter(source), self.plan, drop_remainder=self.drop_remainder,
                                collate=self.collate, process_index=self.rank,
                                process_count=self.world_size,
                                on_schedule_change=self.on_schedule_change)
@@ -416,6 +418,9 @@ class RampupIterableDataset(IterableDataset):
         """How many batches an iteration from the current start step yields (finite only)."""
         if self.batches is None:
             raise TypeError("a RampupIterableDataset over an iterable-only source has no len()")
+        if self.batches.end is None:
+            raise TypeError("a RampupIterableDataset over endless data (num_epochs=None) has "
+                            "no len()")
         last = self.plan.last_batch(self.batches.end, self.drop_remainder, int(self._start[1]))
         return 0 if last is None else max(0, last[0] + 1 - self.step)
 

@@ -134,7 +134,8 @@ def batch_larger_than_data(quick: bool) -> list[dict[str, Any]]:
     """A shuffled batch of B over 3 elements: time per sample at 10 B vs at B (linear: 1)."""
     small, large = 100_000, 1_000_000
     source = np.arange(3)
-    times = {b: median_seconds(lambda b=b: RampupBatches(source, constant(b), shuffle_seed=1)[0],
+    times = {b: median_seconds(lambda b=b: RampupBatches(  # type: ignore[misc]
+                                   source, constant(b), shuffle_seed=1)[0],
                                3 if quick else 7) for b in (small, large)}
     return [reported("shuffled batch of 100,000 over 3 elements: seconds", times[small]),
             at_most("shuffled batch over 3 elements, time per sample at B = 10^6 / at 10^5",

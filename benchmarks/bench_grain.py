@@ -109,7 +109,9 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2)
         return steady_seconds(ds.mp_prefetch(options))
 
-    ours, theirs, versus = [], [], []
+    ours: list[float] = []
+    theirs: list[float] = []
+    versus: list[float] = []
     for i in range(repeats):
         order = (1, 2) if i % 2 == 0 else (2, 1)
         two = {}

@@ -53,8 +53,9 @@ class Columnar(Dataset):
 
     def __init__(self, rows: int, width: int) -> None:
         rng = np.random.default_rng(0)
-        self.columns = {"input_ids": rng.integers(0, 50_000, (rows, width), dtype=np.int32),
-                        "label": rng.integers(0, 2, rows)}
+        self.columns: dict[str, np.ndarray] = {
+            "input_ids": rng.integers(0, 50_000, (rows, width), dtype=np.int32),
+            "label": rng.integers(0, 2, rows)}
         self.batched_calls = 0
 
     def __len__(self) -> int:
@@ -96,7 +97,8 @@ def steady_seconds(num_workers: int, batches: int, rampup: bool = True) -> float
 def workers_two_vs_zero(quick: bool) -> dict[str, Any]:
     """Throughput with 2 DataLoader workers / with 0, CPU-heavy items, runs interleaved."""
     batches, repeats = (12, 3) if quick else (40, 5)
-    ours, reference = [], []
+    ours: list[float] = []
+    reference: list[float] = []
     for i in range(repeats):
         for rampup, ratios in ((True, ours), (False, reference)):
             order = (0, 2) if i % 2 else (2, 0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -105,6 +105,18 @@ def read_state(
     return step, position
 
 
+class RandomAccessSource(Protocol):
+    """What `RampupBatches` reads: a length and items by index.
+
+    A list, a NumPy array, a grain `MapDataset` or a torch map-style `Dataset`. A source
+    that also has `__getitems__(indices)` is asked for a whole batch in one call.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
 class RampupBatches:
     """Random-access batches of a source with `__len__` and `__getitem__`.
 
@@ -127,7 +139,7 @@ class RampupBatches:
 
     def __init__(
         self,
-        source: Any,
+        source: RandomAccessSource,
         schedule: Schedule | Plan,
         *,
         shuffle_seed: int | None = None,
@@ -256,13 +268,13 @@ class RampupBatches:
                 raise IndexError(
                     f"index {index} is negative, but the batches are endless (num_epochs=None):"
                     " there is no last batch to count from; valid indices are 0, 1, 2, ...")
-            return self.window(index)
+            return cast(tuple[int, int], self.window(index))  # endless: never past the end
         count = len(self)
         if count == 0:
             raise IndexError(f"index {index}: there are no batches (drop_remainder=True and "
                              f"fewer than {self.plan.size(0)} samples)")
         repeat, step = divmod(index, count)
-        start, stop = self.window(step)
+        start, stop = cast(tuple[int, int], self.window(step))  # 0 <= step < len(self)
         return start + repeat * self.end, stop + repeat * self.end
 
     def batch(self, step: int, shift: int = 0) -> Any:

@@ -11,7 +11,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from rampup.demo import BACKENDS, DEFAULT_STEPS
 from rampup.demo import main as run_demo
@@ -72,7 +72,7 @@ def plot(plan: Plan, steps: int, path: str, lr: Callable[[int], float] | None = 
     xs, sizes = [], []
     segments = plan.segments(steps)
     for seg in segments:
-        xs += [seg.first_step, seg.last_step + 1]
+        xs += [seg.first_step, cast(int, seg.last_step) + 1]  # segments up to a step end
         sizes += [seg.size, seg.size]
     kind = plan.schedule.to_config().get("type", "custom")
     title = (f"{kind} schedule: {len(segments)} segments, batch size {min(sizes)} to "

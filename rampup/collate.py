@@ -31,7 +31,7 @@ def mapping_like(template: Mapping, items: dict) -> Mapping:
         out = type(template)(template.default_factory)
         out.update(items)
         return out
-    return type(template)(items)
+    return type(template)(items)  # type: ignore[call-arg]
 
 
 def _is_dataclass_instance(x: Any) -> bool:
@@ -133,9 +133,9 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple,
                          allocate)
             for name in fields})
     if isinstance(first, _SCALARS):
-        kind = type(first)
+        scalar_type = type(first)
         for i, leaf in enumerate(leaves):
-            if type(leaf) is not kind:
+            if type(leaf) is not scalar_type:
                 raise _mismatch(elements, i, path, "different scalar type")
         return np.asarray(leaves)
     if hasattr(first, "__array__"):

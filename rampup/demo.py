@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -151,7 +151,8 @@ def build_jax(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
 
     platform = jax.local_devices()[0].platform
     simulated = " (simulated)" if platform == "cpu" and len(jax.local_devices()) > 1 else ""
-    return Pipeline(batches, step, lambda _: batches.get_state(), compiles=update._cache_size,
+    compiles = cast(Any, update)._cache_size  # jax's count of compiled shapes
+    return Pipeline(batches, step, lambda _: batches.get_state(), compiles=compiles,
                     devices=f"{len(jax.local_devices())} {platform} devices{simulated}",
                     close=batches.close)
 
@@ -178,7 +179,8 @@ def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
 
     def get_state(step: int) -> dict[str, Any]:
         # The training loop's step is the whole data state of a map-style source.
-        return dataset.batches.iter_from(step).get_state()
+        batches = cast(RampupBatches, dataset.batches)  # not None: the source is map-style
+        return batches.iter_from(step).get_state()
 
     # Only this generator holds the loader's iterator: closing it stops the workers.
     stream = (batch for batch in DataLoader(dataset, batch_size=None, num_workers=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class Plan:
         return {"schedule": self.schedule}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["schedule"])
+        Plan.__init__(self, state["schedule"])
 
     def _sync(self, step: int | None = None) -> None:
         """Takes in the segments an online schedule added; refuses a step not decided yet.
@@ -463,11 +463,12 @@ class Plan:
             head.append("lr")
         rows = [head]
         for seg in self.segments(steps):
+            samples = cast(int, seg.samples)  # every segment up to a step ends
             row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}",
-                   f"{seg.samples:,}"]
+                   f"{samples:,}"]
             if tokens_per_sample:
-                row.append(f"{seg.samples * tokens_per_sample:,}")
-            row.append(f"{100 * seg.samples / total:.2f}%" if total else "-")
+                row.append(f"{samples * tokens_per_sample:,}")
+            row.append(f"{100 * samples / total:.2f}%" if total else "-")
             if lr is not None:
                 row.append(f"{lr(seg.first_step):.4g}")
             rows.append(row)
@@ -528,8 +529,9 @@ class WorkerStride(NamedTuple):
     """
 
     start: int
-    index: int = 0
-    count: int = 1
+    # The fields shadow tuple.index and tuple.count, which nothing here calls.
+    index: int = 0  # type: ignore[assignment]
+    count: int = 1  # type: ignore[assignment]
 
     @classmethod
     def checked(cls, start: int, index: int, count: int) -> WorkerStride:

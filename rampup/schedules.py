@@ -91,6 +91,12 @@ def _boundary(key: Any, builder: str) -> int:
     return int(key)
 
 
+# Boundaries are ints or int-like strings (YAML/JSON configs). A Mapping's key type is
+# invariant, so each spelling is listed: a dict[int, float] is no Mapping[int | str, float].
+_Scales = Mapping[int, float] | Mapping[str, float] | Mapping[int | str, float]
+_Sizes = Mapping[int, int] | Mapping[str, int] | Mapping[int | str, int]
+
+
 def _sorted_boundaries(mapping: Mapping[Any, Any], builder: str) -> list[tuple[int, Any]]:
     if not isinstance(mapping, Mapping):
         raise TypeError(f"{builder}: expected a dict of boundary -> value, got {mapping!r}")
@@ -357,7 +363,7 @@ def constant(size: int, **options: Any) -> Schedule:
 
 def stepwise(
     batch_size: int,
-    boundaries_and_scales: Mapping[int | str, float],
+    boundaries_and_scales: _Scales,
     cumulative: bool = False,
     **options: Any,
 ) -> Schedule:
@@ -397,7 +403,7 @@ def stepwise(
     return _build("stepwise", thresholds, params, **options)
 
 
-def piecewise(sizes: Mapping[int | str, int], **options: Any) -> Schedule:
+def piecewise(sizes: _Sizes, **options: Any) -> Schedule:
     """Absolute sizes, each from its threshold on.
 
     Args:

@@ -140,6 +140,11 @@ def test_len_counts_the_batches_from_the_start_step():
     assert len(ds) == len(list(ds)) == len(SIZES) - 5
 
 
+def test_endless_data_has_no_len():
+    with pytest.raises(TypeError, match=r"endless data \(num_epochs=None\) has no len"):
+        len(RampupIterableDataset(ARRAY, SCHEDULE))
+
+
 def test_batches_are_tensors_that_share_the_numpy_memory():
     array = np.zeros((4, 3), dtype=np.float32)
     tree = as_tensors({"x": array, "pair": Pair(array[:2], [array])})
