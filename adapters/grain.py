@@ -328,8 +328,10 @@ class _ShiftedBatches(grain.MapDataset):
 
 
 class RampupMapIterDataset(grain.IterDataset):
-    """What `RampupMapDataset.to_iter_dataset()` returns: batches prefetched by grain's
-    threads, iterated with the core's state (which carries the schedule fingerprint).
+    """What `RampupMapDataset.to_iter_dataset()` returns.
+
+    Batches prefetched by grain's threads, iterated with the core's state (which
+    carries the schedule fingerprint).
 
     Under `mp_prefetch`, worker `w` of `W` builds the steps `s + w, s + w + W, ...`
     of an iteration that starts at step `s` (grain hands it that slice) and

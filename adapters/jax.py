@@ -252,8 +252,11 @@ class UncheckedSourceWarning(UserWarning):
 def _produce(source: Any, convert: _Converter, slots: threading.Semaphore,
              out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int,
              scheduled: bool) -> None:
-    """The producer thread. It pulls from the source only once a slot is free, so it
-    never runs more than `prefetch` steps ahead of the consumer."""
+    """The producer thread.
+
+    It pulls from the source only once a slot is free, so it never runs more than
+    `prefetch` steps ahead of the consumer.
+    """
     try:
         while True:
             while not slots.acquire(timeout=_POLL_SECONDS):

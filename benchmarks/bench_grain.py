@@ -45,6 +45,7 @@ def cpu_heavy(i: int) -> np.ndarray:
 
 
 def drain(ds) -> None:
+    """Iterates `ds` to its end."""
     for _ in ds:
         pass
 

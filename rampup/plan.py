@@ -522,10 +522,11 @@ def not_divisible(size: int, divisor: int, where: str, what: str, fix: str) -> V
 
 
 class WorkerStride(NamedTuple):
-    """The steps one worker builds: an iteration that starts at step `start` with `count`
-    workers has worker `index` build the steps `k >= start` with `(k - start) % count == index`.
+    """The steps one worker builds.
 
-    The loaders' round-robin, which starts at worker 0, puts them back in order.
+    An iteration that starts at step `start` with `count` workers has worker `index`
+    build the steps `k >= start` with `(k - start) % count == index`. The loaders'
+    round-robin, which starts at worker 0, puts them back in order.
     """
 
     start: int

@@ -68,8 +68,10 @@ class ScheduledIterator(Iterator[Any], abc.ABC):
         return self._shift
 
     def last_batch(self) -> tuple[int, int] | None:
-        """The `(step, global size)` of the last batch, None when the stream never ends
-        (or its end is unknown) or holds no batch."""
+        """The `(step, global size)` of the last batch.
+
+        None when the stream never ends (or its end is unknown) or holds no batch.
+        """
         if self.end is None:
             return None
         return self.plan.last_batch(self.end, self.drop_remainder, self.shift)

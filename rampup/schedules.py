@@ -227,6 +227,7 @@ class Schedule:
         return self.fn is None
 
     def __call__(self, step: int) -> int:
+        """The global batch size `B(step)`."""
         step = check_count(step, "step")
         if self.fn is not None:
             return self.rules.check(self.fn(step), step)

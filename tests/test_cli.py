@@ -31,7 +31,7 @@ def test_preview_inline_json_with_step_budget(capsys):
     assert "30 steps, 1,120 samples, 3 distinct sizes" in out
 
 
-@pytest.mark.parametrize("suffix, text", [
+@pytest.mark.parametrize(("suffix", "text"), [
     (".json", '{"type": "constant", "size": 8}'),
     (".toml", 'type = "constant"\nsize = 8\n'),
     (".yaml", "type: constant\nsize: 8\n"),

@@ -146,7 +146,7 @@ class Flaky:
 def test_a_stream_keeps_the_elements_it_pulled_before_the_parent_raised():
     stream = StreamBatcher(Flaky(40, fail_at=12), RAMP)  # step 1 holds elements 8..15
     assert positions(next(stream)) == list(range(8))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="transient read error"):
         next(stream)
     state = stream.get_state()
     assert state["step"] == 1 and state["parent"] == {"next_index": 8}

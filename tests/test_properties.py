@@ -139,8 +139,11 @@ def test_step_at_inverts_offset(schedule, k):
 
 
 def simulate(thresholds: dict[int, int], steps: int, tokens_per_sample: int = 1) -> list[int]:
-    """Sizes of steps 0..steps-1, one step at a time: step k takes the size of the largest
-    threshold reached by the samples (times tokens_per_sample) consumed before it."""
+    """Sizes of steps 0..steps-1, one step at a time.
+
+    Step k takes the size of the largest threshold reached by the samples (times
+    tokens_per_sample) consumed before it.
+    """
     sizes, consumed = [], 0
     for _ in range(steps):
         reached = max(t for t in thresholds if t <= consumed * tokens_per_sample)
@@ -182,8 +185,10 @@ def test_stepwise_sample_boundaries_match_a_step_by_step_simulation(batch_size, 
 
 def megatron_size(consumed: int, start: int, increment: int, rampup_samples: int,
                   final: int) -> int:
-    """Megatron-LM's `RampupBatchsizeNumMicroBatchesCalculator.update`, as published: the
-    global batch size after `consumed` samples, with its float division."""
+    """Megatron-LM's `RampupBatchsizeNumMicroBatchesCalculator.update`, as published.
+
+    The global batch size after `consumed` samples, with its float division.
+    """
     num_increments = (final - start) // increment
     rampup_samples_per_increment = rampup_samples / num_increments
     if consumed > rampup_samples:
