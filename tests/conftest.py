@@ -8,6 +8,7 @@ import importlib.util
 import multiprocessing
 import os
 import pathlib
+import socket
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -35,6 +36,50 @@ def read_options():
     """grain `ReadOptions` without reader threads: cheap elements, no threads to leak."""
     grain = pytest.importorskip("grain")
     return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+# How a process reports a port that another process took between free_port() and bind:
+# JAX's coordinator (gRPC) and torch's TCPStore.
+PORT_TAKEN = ("address already in use", "failed to add port", "failed to bind", "eaddrinuse")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (another process may take it meanwhile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def run_on_free_port():
+    """Runs a group of processes that meet on a TCP port picked ahead, robust to races.
+
+    `run(launch, timeout)` calls `launch(port)` for a list of started `Popen`s (process 0
+    first: it binds the port) and waits for each. When one reports that the port was
+    taken in between, the rest are killed and the group runs again on a fresh port
+    (3 tries). Returns the processes and their outputs as text.
+    """
+
+    def run(launch, timeout):
+        for _ in range(3):
+            processes = launch(free_port())
+            outputs: list[str] = []
+            try:
+                for process in processes:
+                    out = process.communicate(timeout=timeout)[0]
+                    outputs.append(out.decode(errors="replace") if isinstance(out, bytes) else out)
+                    if any(taken in outputs[-1].lower() for taken in PORT_TAKEN):
+                        break
+            finally:
+                for process in processes:
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait(timeout=10)
+            if len(outputs) == len(processes):
+                break
+        return processes, outputs
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 import rampup  # noqa: E402
 from rampup.adapters.jax import (  # noqa: E402
+    UncheckedSourceWarning,
     batch_sharding,
     check_schedule,
     device_batches,
@@ -142,7 +142,7 @@ def test_microbatches_compile_once_and_hold_the_batch_in_order(sharding):
 
 def test_a_size_the_data_axis_cannot_divide_raises_before_any_transfer(sharding):
     source = rampup.RampupBatches(np.arange(200.0), rampup.piecewise({0: 16, 2: 20}))
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match="size 20") as error:
         device_batches(source, sharding, prefetch=1)
     message = str(error.value)
     for part in ("steps 2 on", "size 20", "'data': 8", "16, 24", "multiple_of=8"):
@@ -151,7 +151,9 @@ def test_a_size_the_data_axis_cannot_divide_raises_before_any_transfer(sharding)
 
 def test_a_foreign_source_is_checked_batch_by_batch(sharding):
     batches = [np.zeros((16, 2)), np.zeros((16, 2)), np.zeros((20, 2))]
-    with pytest.warns(UserWarning), device_batches(iter(batches), sharding) as arrays:
+    with pytest.warns(UncheckedSourceWarning, match="not a rampup batch iterator"):
+        arrays = device_batches(iter(batches), sharding)
+    with arrays:
         next(arrays), next(arrays)
         with pytest.raises(ValueError, match="20 at batch 2 of this iterator .*16, 24"):
             next(arrays)
@@ -180,7 +182,7 @@ def test_check_schedule_returns_the_compiled_sizes(sharding):
 def test_check_schedule_names_the_first_bad_segment(sharding):
     plan = rampup.Plan(rampup.linear(8, 4, 400, 32))
     bad = next(s for s in plan.segments(100) if s.size % 8)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match=f"size {bad.size} at steps") as error:
         check_schedule(plan, sharding, until_step=100)
     assert f"size {bad.size} at steps {bad.first_step} to {bad.last_step}" in str(error.value)
     assert "'data': 8" in str(error.value)
@@ -209,8 +211,10 @@ def test_a_producer_exception_surfaces_in_the_consumer(sharding):
 
 
 class RecordingSource:
-    """Yields batch `k` of `inner` (default: `k` repeated) and records, when asked for
-    it, how many batches the test has consumed."""
+    """Yields batch `k` of `inner` (default: `k` repeated).
+
+    It records, when asked for it, how many batches the test has consumed.
+    """
 
     def __init__(self, rows: int, inner=None) -> None:
         self.rows = rows
@@ -369,49 +373,18 @@ def test_precompile_compiles_every_size_ahead_of_the_loop(sharding):
     assert list(micro) == [16]
 
 
-# How a coordinator reports a port that another process took between free_port() and bind.
-PORT_TAKEN = ("address already in use", "failed to add port", "failed to bind")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_cluster(worker: Path, count: int, env: dict[str, str], attempts: int = 3):
-    """Runs `count` processes of `worker` as one jax.distributed cluster on loopback.
-
-    JAX's coordinator needs its port before it starts (port 0 would leave the other
-    processes nowhere to connect), so a free port is picked ahead; when another
-    process takes it in between, the cluster runs again on a fresh port.
-    """
-    for _ in range(attempts):
-        port = free_port()
-        processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(i), str(count)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=env, cwd=worker.parent)
-                     for i in range(count)]
-        outputs: list[str] = []
-        try:
-            for process in processes:  # process 0, the coordinator, reports a taken port
-                outputs.append(process.communicate(timeout=120)[0])
-                if any(taken in outputs[-1].lower() for taken in PORT_TAKEN):
-                    break
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(timeout=10)
-        if len(outputs) == count:
-            break
-    return processes, outputs
-
-
 @pytest.mark.slow
-def test_two_processes_build_the_same_global_batches_as_one():
+def test_two_processes_build_the_same_global_batches_as_one(run_on_free_port):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    processes, outputs = run_cluster(ROOT / "tests" / "jax_multihost_worker.py", 2, env)
+    worker = ROOT / "tests" / "jax_multihost_worker.py"
+
+    def launch(port):  # JAX's coordinator needs its port before it starts: no port 0
+        return [subprocess.Popen([sys.executable, str(worker), str(port), str(i), "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env=env, cwd=worker.parent)
+                for i in range(2)]
+
+    processes, outputs = run_on_free_port(launch, timeout=120)
     assert len(outputs) == len(processes), outputs
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-4000:]

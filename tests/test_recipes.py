@@ -4,7 +4,6 @@ torchdata's StatefulDataLoader, orbax with grain's checkpoint handlers."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -75,31 +74,24 @@ accelerator.end_training()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(tmp_path):
+def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(tmp_path,
+                                                                          run_on_free_port):
     pytest.importorskip("accelerate")
-    port = str(free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-c", ACCELERATE_RANK, str(tmp_path / f"rank{rank}.json")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        logs = [p.communicate(timeout=120)[0].decode()[-3000:] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(timeout=10)
-    assert [p.returncode for p in procs] == [0, 0], logs
+
+    def launch(port):  # torch's TCPStore on MASTER_PORT, as torchrun sets it up
+        procs = []
+        for rank in (0, 1):
+            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "LOCAL_WORLD_SIZE": "2"}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", ACCELERATE_RANK, str(tmp_path / f"rank{rank}.json")],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        return procs
+
+    procs, logs = run_on_free_port(launch, timeout=120)
+    assert [p.returncode for p in procs] == [0, 0], [log[-3000:] for log in logs]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world"]) for r in ranks] == [(0, 2), (1, 2)]
     union = [a + b for a, b in zip(ranks[0]["rows"], ranks[1]["rows"], strict=True)]
@@ -131,7 +123,7 @@ def test_accelerate_one_process_prepare_keeps_the_batches():
 # Lightning: Trainer(max_steps=...), set_step(global_step) in train_dataloader().
 
 
-def lightning_module(num_epochs, num_workers):
+def lightning_module(num_epochs, num_workers, multiprocessing_context=None):
     lightning = pytest.importorskip("lightning")
     torch = pytest.importorskip("torch")
     from rampup.adapters.torch import RampupIterableDataset
@@ -146,8 +138,9 @@ def lightning_module(num_epochs, num_workers):
             dataset = RampupIterableDataset(elements(), SCHEDULE, shuffle=True, seed=1,
                                             num_epochs=num_epochs)
             dataset.set_step(self.trainer.global_step)  # exact resume: O(1) at any step
-            return torch.utils.data.DataLoader(dataset, batch_size=None,
-                                               num_workers=num_workers)
+            return torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=num_workers,
+                multiprocessing_context=multiprocessing_context if num_workers else None)
 
         def training_step(self, batch, batch_idx):
             loss = self.layer(batch / 100).pow(2).mean()
@@ -168,15 +161,18 @@ def trainer(**kwargs):
                              enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
-def test_lightning_resume_from_its_checkpoint_continues_exactly(tmp_path):
+def test_lightning_resume_from_its_checkpoint_continues_exactly(tmp_path,
+                                                                multiprocessing_context):
     lightning = pytest.importorskip("lightning")
-    run = lightning_module(num_epochs=None, num_workers=2)
+    run = lightning_module(num_epochs=None, num_workers=2,
+                           multiprocessing_context=multiprocessing_context)
     every_3 = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3,
                                                           save_top_k=-1)
     trainer(max_steps=8, callbacks=[every_3]).fit(run)
     assert [(step, len(rows)) for step, rows, _ in run.seen] == [
         (k, SCHEDULE(k)) for k in range(8)]
-    resumed = lightning_module(num_epochs=None, num_workers=2)
+    resumed = lightning_module(num_epochs=None, num_workers=2,
+                               multiprocessing_context=multiprocessing_context)
     trainer(max_steps=8, enable_checkpointing=False).fit(
         resumed, ckpt_path=tmp_path / "epoch=0-step=3.ckpt")
     # Same steps, same batches and, with the model restored, the same losses.
@@ -204,39 +200,42 @@ def test_lightning_one_ramp_over_several_passes_uses_num_epochs():
 # torchdata's StatefulDataLoader.
 
 
-def stateful_loader(num_workers):
+def stateful_loader(num_workers, multiprocessing_context=None):
     torchdata = pytest.importorskip("torchdata.stateful_dataloader")
     from rampup.adapters.torch import RampupIterableDataset
 
     dataset = RampupIterableDataset(elements(), SCHEDULE, shuffle=True, seed=1, num_epochs=2)
-    return torchdata.StatefulDataLoader(dataset, batch_size=None, num_workers=num_workers)
+    return torchdata.StatefulDataLoader(
+        dataset, batch_size=None, num_workers=num_workers,
+        multiprocessing_context=multiprocessing_context if num_workers else None)
 
 
-def test_stateful_dataloader_restores_into_a_new_loader_exactly():
-    whole = [b[:, 0].tolist() for b in stateful_loader(2)]
+def test_stateful_dataloader_restores_into_a_new_loader_exactly(multiprocessing_context):
+    whole = [b[:, 0].tolist() for b in stateful_loader(2, multiprocessing_context)]
     assert whole == whole_batches(num_epochs=2)
-    loader = stateful_loader(2)
+    loader = stateful_loader(2, multiprocessing_context)
     it = iter(loader)
     head = [next(it)[:, 0].tolist() for _ in range(5)]
     state = json.loads(json.dumps(loader.state_dict()))  # survives JSON
-    restored = stateful_loader(2)
+    restored = stateful_loader(2, multiprocessing_context)
     restored.load_state_dict(state)
     assert head + [b[:, 0].tolist() for b in restored] == whole
 
 
 @pytest.mark.parametrize("num_workers", [0, 3])
-def test_stateful_dataloader_cannot_change_the_worker_count_but_set_step_can(num_workers):
-    loader = stateful_loader(2)
+def test_stateful_dataloader_cannot_change_the_worker_count_but_set_step_can(
+        num_workers, multiprocessing_context):
+    loader = stateful_loader(2, multiprocessing_context)
     it = iter(loader)
     for _ in range(5):
         next(it)
     state = loader.state_dict()
-    other = stateful_loader(num_workers)
-    with pytest.raises(AssertionError):  # torchdata's own check
-        other.load_state_dict(state)
+    other = stateful_loader(num_workers, multiprocessing_context)
+    other.load_state_dict(state)
+    with pytest.raises(AssertionError):  # torchdata's own check, when iteration starts
         next(iter(other))
     # The training loop's step is the whole data state: any worker count resumes from it.
-    fresh = stateful_loader(num_workers)
+    fresh = stateful_loader(num_workers, multiprocessing_context)
     fresh.dataset.set_step(5)
     assert [b[:, 0].tolist() for b in fresh] == whole_batches(num_epochs=2)[5:]
 
