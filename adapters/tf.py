@@ -470,6 +470,7 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         self._factors = tf.constant([s[3] for s in segments], tf.float32)
 
     def __call__(self, step: Any) -> tf.Tensor:
+        """The learning rate at `step` (a scalar or a tensor of steps)."""
         step = tf.cast(tf.convert_to_tensor(step), tf.int64)
         flat = tf.reshape(step, [-1])
         i = tf.reshape(tf.searchsorted(self._first_steps, flat, side="right") - 1,

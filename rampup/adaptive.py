@@ -182,6 +182,7 @@ class AdaptiveSchedule(Schedule):
         return hash(self.config)
 
     def __call__(self, step: int) -> int:
+        """The global batch size at `step`."""
         step = check_count(step, "step")
         revision, starts, sizes, decided_until = self.snapshot()
         if step >= decided_until:

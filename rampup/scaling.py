@@ -99,6 +99,7 @@ class Scaling:
         return samples if self.tokens_per_sample is None else samples * self.tokens_per_sample
 
     def __call__(self, step: int) -> float:
+        """The scaled value at `step`."""
         step = check_count(step, "step")
         factor = self.factor(self.plan.size(step), step)
         base = self.base(self.t(step)) if callable(self.base) else self.base
