@@ -26,6 +26,20 @@ settings.register_profile("rampup", max_examples=60, deadline=None)
 settings.load_profile("rampup")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Starts every worker process of the test process from a fork server.
+
+    Forking a process that runs JAX's (or TensorFlow's) threads can deadlock the child,
+    and JAX warns at every fork; the whole suite runs in one process that imports both.
+    The fork server is a fresh interpreter that has imported torch and nothing else, so a
+    `DataLoader` (or any other multiprocessing user) that names no start method gets
+    workers from a single-threaded process, and as fast as a fork.
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        multiprocessing.set_forkserver_preload(["torch", "rampup.adapters.torch"])
+        multiprocessing.set_start_method("forkserver", force=True)
+
+
 def pytest_report_header() -> str:
     """Says which `rampup` the tests import: the source tree, an editable or a wheel install."""
     return f"rampup {rampup.__version__} from {pathlib.Path(rampup.__file__).parent}"
@@ -84,16 +98,8 @@ def run_on_free_port():
 
 @pytest.fixture(scope="session")
 def multiprocessing_context():
-    """The start method for DataLoader workers in the tests: a fork server.
-
-    Forking a process that runs JAX's (or TensorFlow's) threads can deadlock the child,
-    and JAX warns at every fork; the whole suite runs in one process that imports both.
-    The fork server is a fresh interpreter that has imported torch and nothing else, so
-    workers start from a single-threaded process, and as fast as a fork.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "rampup.adapters.torch"])
-    return context
+    """The start method for DataLoader workers in the tests, named: the fork server."""
+    return multiprocessing.get_context("forkserver")
 
 
 @pytest.fixture(scope="session")
