@@ -80,8 +80,10 @@ def process_slice(process_index: int | None, process_count: int | None) -> tuple
 
 # grain refuses to batch a MapDataset after these, which can drop elements; its
 # filter class is not exported, so its type is taken from a filter.
-_SPARSE_MAP_DATASETS = (type(grain.MapDataset.range(1).filter(bool)),
-                        grain.experimental.FlatMapMapDataset)
+_SPARSE_MAP_DATASETS = (
+    type(grain.MapDataset.range(1).filter(bool)),
+    grain.experimental.FlatMapMapDataset,
+)
 
 
 def _check_dense(parent: grain.MapDataset) -> None:
@@ -157,8 +159,14 @@ def _batched_spec(spec: Any, size: int | None) -> Any:
     return grain.experimental.ShapeDtypeStruct(shape=(size, *spec.shape), dtype=spec.dtype)
 
 
-def _element_spec(parent_spec: Any, plan: Plan, process_index: int, process_count: int,
-                  drop_remainder: bool, collate: _Collate) -> Any:
+def _element_spec(
+    parent_spec: Any,
+    plan: Plan,
+    process_index: int,
+    process_count: int,
+    drop_remainder: bool,
+    collate: _Collate,
+) -> Any:
     """The spec of a ramp's batches, as grain's `.batch` gives it.
 
     The batch axis is the size where every batch has it (one size, no partial
@@ -175,7 +183,8 @@ def _element_spec(parent_spec: Any, plan: Plan, process_index: int, process_coun
     if output_spec is None:
         raise NotImplementedError(
             "element spec inference with a custom collate needs its output_spec(input_spec, "
-            "batch_size, drop_remainder) method, as grain's BatchFn has")
+            "batch_size, drop_remainder) method, as grain's BatchFn has"
+        )
     return output_spec(parent_spec, size, drop_remainder)
 
 
@@ -291,8 +300,14 @@ class RampupMapDataset(grain.MapDataset):
     @property
     def _element_spec(self) -> Any:
         b = self._batches
-        return _element_spec(grain.experimental.get_element_spec(self._parent), b.plan,
-                             b.process_index, b.process_count, b.drop_remainder, self._collate)
+        return _element_spec(
+            grain.experimental.get_element_spec(self._parent),
+            b.plan,
+            b.process_index,
+            b.process_count,
+            b.drop_remainder,
+            self._collate,
+        )
 
     def enable_shared_memory_output(self) -> None:
         """Batches are stacked into shared memory (grain's `mp_prefetch` calls it in workers)."""
@@ -345,8 +360,13 @@ class RampupMapIterDataset(grain.IterDataset):
         builds its workers with it.
     """
 
-    def __init__(self, parent: RampupMapDataset, read_options: grain.ReadOptions | None,
-                 allow_nones: bool, start: tuple[int, int] = (0, 0)) -> None:
+    def __init__(
+        self,
+        parent: RampupMapDataset,
+        read_options: grain.ReadOptions | None,
+        allow_nones: bool,
+        start: tuple[int, int] = (0, 0),
+    ) -> None:
         super().__init__(parent)
         self._ramp = parent
         self._read_options = read_options or grain.ReadOptions()
@@ -365,7 +385,8 @@ class RampupMapIterDataset(grain.IterDataset):
             raise ValueError(
                 "RampupMapDataset batches are steps in order: mp_prefetch(sequential_slice=True) "
                 "would give each worker a block of consecutive steps and grain's round-robin "
-                "would reorder them. Use mp_prefetch with sequential_slice=False")
+                "would reorder them. Use mp_prefetch with sequential_slice=False"
+            )
         self._stride = WorkerStride.checked(self._start[0], sl.start or 0, sl.step or 1)
 
     def mp_prefetch(
@@ -385,8 +406,9 @@ class RampupMapIterDataset(grain.IterDataset):
         return RampupPrefetchIterDataset(self, options, worker_init_fn)
 
     def __iter__(self) -> RampupMapDatasetIterator:
-        return RampupMapDatasetIterator(self._ramp, self._read_options, self._allow_nones,
-                                        self._stride, self._start[1])
+        return RampupMapDatasetIterator(
+            self._ramp, self._read_options, self._allow_nones, self._stride, self._start[1]
+        )
 
     @property
     def _element_spec(self) -> Any:
@@ -406,16 +428,24 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     `set_state` restores in O(1) at any step this iterator builds.
     """
 
-    def __init__(self, ramp: RampupMapDataset, read_options: grain.ReadOptions,
-                 allow_nones: bool, stride: WorkerStride, shift: int = 0) -> None:
+    def __init__(
+        self,
+        ramp: RampupMapDataset,
+        read_options: grain.ReadOptions,
+        allow_nones: bool,
+        stride: WorkerStride,
+        shift: int = 0,
+    ) -> None:
         super().__init__()
         self._ramp, self._read_options, self._allow_nones = ramp, read_options, allow_nones
         self._stride = stride
         batches = ramp.batches
         schedule = batches.plan.schedule
         if isinstance(schedule, AdaptiveSchedule):  # grain's threads build this far ahead
-            schedule.check_lag(read_options.prefetch_buffer_size if read_options.num_threads
-                               else 0, f"grain {read_options}")
+            schedule.check_lag(
+                read_options.prefetch_buffer_size if read_options.num_threads else 0,
+                f"grain {read_options}",
+            )
         self.describe(batches)
         self._shift = shift
         self._inner = self._iterate(shift)
@@ -474,9 +504,12 @@ class RampupPrefetchIterDataset(grain.IterDataset):
       worker_init_fn: as grain's `mp_prefetch`.
     """
 
-    def __init__(self, parent: RampupMapIterDataset,
-                 options: grain.MultiprocessingOptions | None,
-                 worker_init_fn: Callable[[int, int], None] | None) -> None:
+    def __init__(
+        self,
+        parent: RampupMapIterDataset,
+        options: grain.MultiprocessingOptions | None,
+        worker_init_fn: Callable[[int, int], None] | None,
+    ) -> None:
         super().__init__(parent)
         self._options = options
         self._worker_init_fn = worker_init_fn
@@ -489,11 +522,11 @@ class RampupPrefetchIterDataset(grain.IterDataset):
     def workers_from(self, step: int, shift: int) -> grain.DatasetIterator:
         """grain's `mp_prefetch` iterator whose workers start at `step` (positions + `shift`)."""
         parent = self._parent
-        start = RampupMapIterDataset(parent._ramp, parent._read_options, parent._allow_nones,
-                                     (step, shift))
+        start = RampupMapIterDataset(
+            parent._ramp, parent._read_options, parent._allow_nones, (step, shift)
+        )
         # grain's own mp_prefetch of that dataset (ours would wrap it once more).
-        return grain.IterDataset.mp_prefetch(start, self._options, self._worker_init_fn)\
-            .__iter__()
+        return grain.IterDataset.mp_prefetch(start, self._options, self._worker_init_fn).__iter__()
 
     def __iter__(self) -> RampupPrefetchDatasetIterator:
         return RampupPrefetchDatasetIterator(self, self._parent._ramp)
@@ -648,8 +681,9 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         position = plan.offset(index) + shift
         elements = position // self.process_count
         grain.experimental.set_next_index(self._parent, elements)
-        self._batcher.set_state(make_state(plan, index, position,
-                                           **{PARENT_KEY: self._parent.get_state()}))
+        self._batcher.set_state(
+            make_state(plan, index, position, **{PARENT_KEY: self._parent.get_state()})
+        )
 
     def __str__(self) -> str:
         batcher = self._batcher
@@ -717,9 +751,14 @@ class RampupIterDataset(grain.IterDataset):
 
     @property
     def _element_spec(self) -> Any:
-        return _element_spec(grain.experimental.get_element_spec(self._parent), self._plan,
-                             self._process_index, self._process_count, self._drop_remainder,
-                             self._collate)
+        return _element_spec(
+            grain.experimental.get_element_spec(self._parent),
+            self._plan,
+            self._process_index,
+            self._process_count,
+            self._drop_remainder,
+            self._collate,
+        )
 
     def enable_shared_memory_output(self) -> None:
         """Batches are stacked into shared memory (grain's `mp_prefetch` calls it in workers)."""

@@ -53,8 +53,9 @@ __all__ = [
 _POLL_SECONDS = 0.05
 
 
-def batch_sharding(sharding: NamedSharding | Mesh, axis: str | tuple[str, ...] | None = None
-                   ) -> NamedSharding:
+def batch_sharding(
+    sharding: NamedSharding | Mesh, axis: str | tuple[str, ...] | None = None
+) -> NamedSharding:
     """The `NamedSharding` that splits the batch axis (axis 0) of every leaf.
 
     Args:
@@ -67,24 +68,29 @@ def batch_sharding(sharding: NamedSharding | Mesh, axis: str | tuple[str, ...] |
     """
     if isinstance(sharding, NamedSharding):
         if axis is not None:
-            raise ValueError(f"axis={axis!r} is only for a Mesh; the NamedSharding "
-                             f"{sharding} already names its axes")
+            raise ValueError(
+                f"axis={axis!r} is only for a Mesh; the NamedSharding "
+                f"{sharding} already names its axes"
+            )
         return sharding
     if isinstance(sharding, Mesh):
         if axis is None:
             if len(sharding.axis_names) != 1:
                 raise ValueError(
                     f"the mesh has axes {sharding.axis_names}: pass axis=... to say which one "
-                    "(or which tuple of them) the batch is split over")
+                    "(or which tuple of them) the batch is split over"
+                )
             axis = sharding.axis_names[0]
         names = (axis,) if isinstance(axis, str) else tuple(axis)
         unknown = [a for a in names if a not in sharding.axis_names]
         if unknown:
-            raise ValueError(f"axis {axis!r} is not in the mesh; its axes are "
-                             f"{sharding.axis_names}")
+            raise ValueError(
+                f"axis {axis!r} is not in the mesh; its axes are {sharding.axis_names}"
+            )
         return NamedSharding(sharding, PartitionSpec(axis))
-    raise TypeError(f"expected a jax.sharding.NamedSharding or a Mesh plus axis=, got "
-                    f"{type(sharding).__name__}")
+    raise TypeError(
+        f"expected a jax.sharding.NamedSharding or a Mesh plus axis=, got {type(sharding).__name__}"
+    )
 
 
 def _data_axes(sharding: NamedSharding) -> tuple[str, ...]:
@@ -104,21 +110,32 @@ def data_axis_size(sharding: NamedSharding) -> int:
 def _describe(sharding: NamedSharding) -> str:
     axes = _data_axes(sharding)
     name = axes[0] if len(axes) == 1 else axes
-    return (f"data axis {name!r} of size {data_axis_size(sharding)} "
-            f"(mesh shape {dict(sharding.mesh.shape)})")
+    return (
+        f"data axis {name!r} of size {data_axis_size(sharding)} "
+        f"(mesh shape {dict(sharding.mesh.shape)})"
+    )
 
 
-def _check_size(size: int, where: str, sharding: NamedSharding,
-                microbatch_size: int | None, fix: str | None = None) -> None:
+def _check_size(
+    size: int,
+    where: str,
+    sharding: NamedSharding,
+    microbatch_size: int | None,
+    fix: str | None = None,
+) -> None:
     """Raises the core's "not divisible" error when the batch axis cannot split `size`."""
     if microbatch_size is not None:
         microbatch_count(size, where, microbatch_size, fix=fix)
         return
     ways = data_axis_size(sharding)
     if size % ways:
-        raise not_divisible(size, ways, where, f"the {_describe(sharding)}",
-                            fix or f"build the schedule with multiple_of={ways} to catch this "
-                            "when it is built")
+        raise not_divisible(
+            size,
+            ways,
+            where,
+            f"the {_describe(sharding)}",
+            fix or f"build the schedule with multiple_of={ways} to catch this when it is built",
+        )
 
 
 def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding) -> int | None:
@@ -127,9 +144,13 @@ def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding)
     microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
     ways = data_axis_size(sharding)
     if microbatch_size % ways:
-        raise not_divisible(microbatch_size, ways, "(microbatch_size)",
-                            f"the {_describe(sharding)}",
-                            "valid micro-batch sizes are multiples of the data axis")
+        raise not_divisible(
+            microbatch_size,
+            ways,
+            "(microbatch_size)",
+            f"the {_describe(sharding)}",
+            "valid micro-batch sizes are multiples of the data axis",
+        )
     return microbatch_size
 
 
@@ -164,8 +185,9 @@ def check_schedule(
     microbatch_size = _check_microbatch_size(microbatch_size, sharding)
     for segment in plan.segments(until_step):
         last = "on" if segment.last_step is None else f"to {segment.last_step}"
-        _check_size(segment.size, f"at steps {segment.first_step} {last}", sharding,
-                    microbatch_size)
+        _check_size(
+            segment.size, f"at steps {segment.first_step} {last}", sharding, microbatch_size
+        )
     if microbatch_size is not None:
         return (microbatch_size,)
     return plan.distinct_sizes(until_step)
@@ -187,8 +209,9 @@ def process_layout(sharding: NamedSharding) -> _Layout:
     ways = data_axis_size(sharding)
     # A probe shape that every axis of the spec splits evenly: one row per batch shard.
     mesh = sharding.mesh.shape
-    probe = tuple(math.prod(mesh[a] for a in ((e,) if isinstance(e, str) else e or ()))
-                  for e in sharding.spec) or (1,)
+    probe = tuple(
+        math.prod(mesh[a] for a in ((e,) if isinstance(e, str) else e or ())) for e in sharding.spec
+    ) or (1,)
     index_map = sharding.addressable_devices_indices_map(probe)
     starts = sorted({cast(tuple, index)[0].start or 0 for index in index_map.values()})
     local = len(starts)
@@ -218,7 +241,8 @@ class _Converter:
         if len(rows) != 1 or None in rows:
             raise ValueError(
                 f"the leaves of the batch at {step} do not share a leading batch axis: "
-                f"shapes {[np.shape(leaf) for leaf in leaves]}")
+                f"shapes {[np.shape(leaf) for leaf in leaves]}"
+            )
         # The local rows are one process's equal share of the global batch (Plan.local_bounds).
         size = cast(int, rows.pop()) * self.layout.process_count
         _check_size(size, f"at {step}", self.sharding, self.microbatch_size)
@@ -227,8 +251,10 @@ class _Converter:
         count = size // self.microbatch_size
         flat, treedef = jax.tree_util.tree_flatten(batch)
         splits = [np.split(np.asarray(leaf), count) for leaf in flat]
-        return [self.place(jax.tree_util.tree_unflatten(treedef, [s[j] for s in splits]))
-                for j in range(count)]
+        return [
+            self.place(jax.tree_util.tree_unflatten(treedef, [s[j] for s in splits]))
+            for j in range(count)
+        ]
 
 
 class _Item(NamedTuple):
@@ -249,9 +275,16 @@ class UncheckedSourceWarning(UserWarning):
     """`device_batches` got a foreign iterable: its layout and step cannot be checked."""
 
 
-def _produce(source: Any, convert: _Converter, slots: threading.Semaphore,
-             out: queue.SimpleQueue, stop: threading.Event, with_state: bool, step: int,
-             scheduled: bool) -> None:
+def _produce(
+    source: Any,
+    convert: _Converter,
+    slots: threading.Semaphore,
+    out: queue.SimpleQueue,
+    stop: threading.Event,
+    with_state: bool,
+    step: int,
+    scheduled: bool,
+) -> None:
     """The producer thread.
 
     It pulls from the source only once a slot is free, so it never runs more than
@@ -274,12 +307,16 @@ def _produce(source: Any, convert: _Converter, slots: threading.Semaphore,
 
 
 def _where(step: int, scheduled: bool) -> str:
-    return f"step {step}" if scheduled else (
-        f"batch {step} of this iterator (a foreign source does not say its step)")
+    return (
+        f"step {step}"
+        if scheduled
+        else (f"batch {step} of this iterator (a foreign source does not say its step)")
+    )
 
 
-def _next_item(source: Any, convert: _Converter, with_state: bool, step: int,
-               scheduled: bool) -> Any:
+def _next_item(
+    source: Any, convert: _Converter, with_state: bool, step: int, scheduled: bool
+) -> Any:
     """Pulls, checks and transfers the next batch; `step` is the source's (or a count)."""
     try:
         batch = next(source)
@@ -298,8 +335,14 @@ class DeviceBatches(Iterator[Any]):
     exactly. Use it as a context manager, or call `close()`, to stop the thread.
     """
 
-    def __init__(self, batches: Iterable[Any], sharding: NamedSharding, *, prefetch: int,
-                 microbatch_size: int | None) -> None:
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        sharding: NamedSharding,
+        *,
+        prefetch: int,
+        microbatch_size: int | None,
+    ) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.source: Any = cast(Any, iter(batches))  # any iterator; ScheduledIterators checked
@@ -321,7 +364,10 @@ class DeviceBatches(Iterator[Any]):
                 "check that the batches were built for this process's place in the sharding "
                 f"(process_layout(sharding) = {tuple(self._convert.layout)}), nor the schedule up "
                 "front, nor name the step in errors. Each batch's rows are still checked against "
-                "the data axis", UncheckedSourceWarning, stacklevel=3)
+                "the data axis",
+                UncheckedSourceWarning,
+                stacklevel=3,
+            )
         self._with_state = callable(getattr(self.source, "get_state", None))
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._slots = threading.Semaphore(self.prefetch)
@@ -339,17 +385,22 @@ class DeviceBatches(Iterator[Any]):
                 f"the batches are built for process_index={source.process_index}, process_count="
                 f"{source.process_count}, but the sharding places this process's rows at "
                 f"process_index={layout[0]}, process_count={layout[1]}; build them with those "
-                "values (rampup.adapters.jax.process_layout(sharding) gives them)")
+                "values (rampup.adapters.jax.process_layout(sharding) gives them)"
+            )
         last = source.last_batch()
         until = None if last is None else last[0]
         if until is not None or source.plan.schedule.segmented:
-            check_schedule(source.plan, self.sharding, until_step=until,
-                           microbatch_size=self.microbatch_size)
+            check_schedule(
+                source.plan, self.sharding, until_step=until, microbatch_size=self.microbatch_size
+            )
         if last is not None:
-            _check_size(last[1], f"in the last batch (step {last[0]}, cut short by the end of "
-                        "the data)", self.sharding, self.microbatch_size,
-                        "pass drop_remainder=True, or a source length that leaves a divisible "
-                        "remainder")
+            _check_size(
+                last[1],
+                f"in the last batch (step {last[0]}, cut short by the end of the data)",
+                self.sharding,
+                self.microbatch_size,
+                "pass drop_remainder=True, or a source length that leaves a divisible remainder",
+            )
 
     @property
     def step(self) -> int:
@@ -361,9 +412,20 @@ class DeviceBatches(Iterator[Any]):
         self._queue = queue.SimpleQueue()
         self._slots = threading.Semaphore(self.prefetch)
         self._thread = threading.Thread(
-            target=_produce, name="rampup-device-batches", daemon=True,
-            args=(self.source, self._convert, self._slots, self._queue, self._stop,
-                  self._with_state, self._step, self._scheduled))
+            target=_produce,
+            name="rampup-device-batches",
+            daemon=True,
+            args=(
+                self.source,
+                self._convert,
+                self._slots,
+                self._queue,
+                self._stop,
+                self._with_state,
+                self._step,
+                self._scheduled,
+            ),
+        )
         self._thread.start()
 
     def _take(self) -> Any:
@@ -371,17 +433,22 @@ class DeviceBatches(Iterator[Any]):
             try:
                 return self._queue.get(timeout=_POLL_SECONDS)
             except queue.Empty:
-                if self._thread is not None and not self._thread.is_alive() and (
-                        self._queue.empty()):
-                    raise RuntimeError("the device_batches producer thread stopped without "
-                                       "a result") from None
+                if (
+                    self._thread is not None
+                    and not self._thread.is_alive()
+                    and (self._queue.empty())
+                ):
+                    raise RuntimeError(
+                        "the device_batches producer thread stopped without a result"
+                    ) from None
 
     def __next__(self) -> Any:
         if self._closed or self._done:
             raise StopIteration
         if self.prefetch == 0:
-            item = _next_item(self.source, self._convert, self._with_state, self._step,
-                              self._scheduled)
+            item = _next_item(
+                self.source, self._convert, self._with_state, self._step, self._scheduled
+            )
         else:
             if self._thread is None:
                 self._start()
@@ -404,9 +471,11 @@ class DeviceBatches(Iterator[Any]):
     def get_state(self) -> Any:
         """The source's state at the next step to be consumed; JSON-able if the source's is."""
         if not self._with_state:
-            raise TypeError(f"the batch source ({type(self.source).__name__}) has no "
-                            "get_state(): pass a RampupBatches, a grain iterator or another "
-                            "iterator with get_state()/set_state()")
+            raise TypeError(
+                f"the batch source ({type(self.source).__name__}) has no "
+                "get_state(): pass a RampupBatches, a grain iterator or another "
+                "iterator with get_state()/set_state()"
+            )
         return self._state
 
     def set_state(self, state: Any) -> None:
@@ -418,8 +487,7 @@ class DeviceBatches(Iterator[Any]):
         """
         set_state = getattr(self.source, "set_state", None)
         if set_state is None:
-            raise TypeError(f"the batch source ({type(self.source).__name__}) has no "
-                            "set_state()")
+            raise TypeError(f"the batch source ({type(self.source).__name__}) has no set_state()")
         self._stop_thread()
         set_state(state)
         self._done = False
@@ -458,8 +526,10 @@ class DeviceBatches(Iterator[Any]):
         self._stop.set()
 
     def __repr__(self) -> str:
-        return (f"DeviceBatches(step={self._step}, prefetch={self.prefetch}, "
-                f"microbatch_size={self.microbatch_size}, {_describe(self.sharding)})")
+        return (
+            f"DeviceBatches(step={self._step}, prefetch={self.prefetch}, "
+            f"microbatch_size={self.microbatch_size}, {_describe(self.sharding)})"
+        )
 
 
 @atexit.register
@@ -499,8 +569,9 @@ def device_batches(
       ValueError: before any transfer, when the data axis (or the micro-batch
         size) does not divide a step's global size.
     """
-    return DeviceBatches(batches, batch_sharding(sharding, axis), prefetch=prefetch,
-                         microbatch_size=microbatch_size)
+    return DeviceBatches(
+        batches, batch_sharding(sharding, axis), prefetch=prefetch, microbatch_size=microbatch_size
+    )
 
 
 def _abstract(example: Any, size: int, sharding: NamedSharding) -> Any:
@@ -543,11 +614,11 @@ def precompile(
       `{size: compiled}`; its length is the number of compilations.
     """
     sharding = batch_sharding(sharding, axis)
-    sizes = check_schedule(plan, sharding, until_step=until_step,
-                           microbatch_size=microbatch_size)
+    sizes = check_schedule(plan, sharding, until_step=until_step, microbatch_size=microbatch_size)
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    return {size: jitted.lower(*args, _abstract(example, size, sharding)).compile()
-            for size in sizes}
+    return {
+        size: jitted.lower(*args, _abstract(example, size, sharding)).compile() for size in sizes
+    }
 
 
 # --- learning rates ---------------------------------------------------------------------------
@@ -583,8 +654,14 @@ def optax_schedule(
     Returns:
       A function of the step that returns a float array, for `learning_rate=`.
     """
-    scaling = resolve(base, schedule, rule=rule, reference_size=reference_size, unit=unit,
-                      tokens_per_sample=tokens_per_sample)
+    scaling = resolve(
+        base,
+        schedule,
+        rule=rule,
+        reference_size=reference_size,
+        unit=unit,
+        tokens_per_sample=tokens_per_sample,
+    )
     segments = scaling.segment_factors()
     real = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
     # t per sample: 0 for steps (t is the step itself), 1 for samples, tokens_per_sample for tokens.
@@ -611,8 +688,10 @@ def optax_schedule(
 
 
 def _sq_norm(tree: Any) -> jax.Array:
-    return sum((jnp.sum(jnp.square(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree)),
-               jnp.zeros((), jnp.float32))
+    return sum(
+        (jnp.sum(jnp.square(jnp.abs(leaf))) for leaf in jax.tree_util.tree_leaves(tree)),
+        jnp.zeros((), jnp.float32),
+    )
 
 
 def grad_with_noise_norms(
@@ -648,5 +727,9 @@ def grad_with_noise_norms(
         grads = jax.lax.pmean(grads, axis)
         return jax.lax.pmean(loss, axis), grads, small, _sq_norm(grads)
 
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
-                         out_specs=PartitionSpec())
+    return jax.shard_map(
+        per_device,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(axis)),
+        out_specs=PartitionSpec(),
+    )

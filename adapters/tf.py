@@ -99,8 +99,12 @@ def _check_signature(signature: Any, batch: Any, step: str) -> None:
             f"signature is {signature!r}, the batch is {spec(batch)}. Leave output_signature=None "
             f"to infer {inferred!r}"
         ) from e
-    flat = zip(tf.nest.flatten(_paths(batch)), tf.nest.flatten(signature), tf.nest.flatten(batch),
-               strict=True)
+    flat = zip(
+        tf.nest.flatten(_paths(batch)),
+        tf.nest.flatten(signature),
+        tf.nest.flatten(batch),
+        strict=True,
+    )
     for path, want, leaf in flat:
         ok = (
             isinstance(want, tf.TensorSpec)
@@ -129,7 +133,8 @@ def _iterators(batches: Any, start_step: int | None) -> Callable[[], Iterator[An
             f"start_step={start_step}: a {type(batches).__name__} cannot seek to a step. Pass a "
             "RampupBatches (it starts at any step in O(1)), or an iterator restored with "
             "set_state() (or batches.iter_from(step)) without start_step: the dataset starts "
-            "where the iterator stands")
+            "where the iterator stands"
+        )
     if isinstance(batches, Iterator):
         # A rampup iterator (restored with set_state, or from iter_from(k)) or any other
         # iterator: every iteration goes on where it stands.
@@ -148,8 +153,9 @@ def _unchecked(iterator: Iterator[Any]) -> str:
     """What the dataset cannot promise about a foreign iterator, for its error messages."""
     if isinstance(iterator, ScheduledIterator):
         return f"step {iterator.step}"
-    return f"the first batch of {type(iterator).__name__} (not a rampup iterator: its step is " \
-        "unknown)"
+    return (
+        f"the first batch of {type(iterator).__name__} (not a rampup iterator: its step is unknown)"
+    )
 
 
 def to_tf_dataset(
@@ -268,8 +274,10 @@ def _window_rows(ds: tf.data.Dataset) -> int:
     """The samples one window aims at: about `_WINDOW_BYTES`, from the samples' spec."""
     sample_bytes = 0
     for leaf in tf.nest.flatten(ds.element_spec):
-        if not isinstance(leaf, tf.TensorSpec) or not leaf.shape.is_fully_defined() or (
-            leaf.dtype == tf.string
+        if (
+            not isinstance(leaf, tf.TensorSpec)
+            or not leaf.shape.is_fully_defined()
+            or (leaf.dtype == tf.string)
         ):
             return _WINDOW_ROWS
         sample_bytes += leaf.shape.num_elements() * leaf.dtype.size
@@ -325,21 +333,23 @@ def _layout(plan: Plan, rows: int) -> _Layout:
     periods = 4
     all_cuts = (cuts[None, :] + period * np.arange(periods, dtype=np.int64)[:, None]).ravel()
     tail_starts = tail.offset + length * np.arange(
-        (periods * period - tail.offset) // length + 1, dtype=np.int64)
+        (periods * period - tail.offset) // length + 1, dtype=np.int64
+    )
     window_starts = np.concatenate([ramp, tail_starts])
     window_segment = np.concatenate(
-        [*owners, np.full(len(tail_starts), len(segments) - 1, np.int64)])
+        [*owners, np.full(len(tail_starts), len(segments) - 1, np.int64)]
+    )
     window = np.searchsorted(window_starts, all_cuts, side="right") - 1
     chunks = np.bincount(window, minlength=len(window_starts))
     # A window class is its (segment, number of chunks), one int64 each to be unique'd.
     stride = int(chunks.max()) + 1
-    classes, keys = np.unique(window_segment[window] * stride + chunks[window],
-                              return_inverse=True)
+    classes, keys = np.unique(window_segment[window] * stride + chunks[window], return_inverse=True)
     keys = keys.astype(np.int64).reshape(periods, len(cuts))
     if not (keys[1] == keys[2]).all():  # the period argument above, checked
         raise AssertionError(f"rampup_batch: chunk keys do not repeat for {plan}")
-    return _Layout(np.diff(np.append(cuts, period)), keys[0], keys[1], classes // stride,
-                   classes % stride)
+    return _Layout(
+        np.diff(np.append(cuts, period)), keys[0], keys[1], classes // stride, classes % stride
+    )
 
 
 def rampup_batch(
@@ -411,17 +421,16 @@ def rampup_batch(
     # The keys are data, not a function of the chunk: a key function that only
     # returns an input is not run per chunk (tf.data short-circuits it).
     keys = tf.data.Dataset.from_tensor_slices(layout.first_keys).concatenate(
-        tf.data.Dataset.from_tensor_slices(layout.later_keys).repeat())
+        tf.data.Dataset.from_tensor_slices(layout.later_keys).repeat()
+    )
     # `batch`es no longer than the shortest chunk: every chunk then spans a border of two
     # batches (a copy into a new buffer) or is one whole batch, never a slice of one, which
     # the windows' `rebatch` would warn about on every read (a shared buffer: "Tensor
     # RefCount not reliable"). The partial last chunk of a finite `ds` may still hold
     # whole steps: only the windows' `rebatch` drops a remainder.
     chunks = ds.batch(int(layout.chunk_sizes.min())).rebatch(layout.chunk_sizes)
-    return (
-        tf.data.Dataset.zip((keys, chunks))
-        .group_by_window(lambda key, _: key, steps,
-                         window_size_func=lambda key: tf.gather(window_chunks, key))
+    return tf.data.Dataset.zip((keys, chunks)).group_by_window(
+        lambda key, _: key, steps, window_size_func=lambda key: tf.gather(window_chunks, key)
     )
 
 
@@ -460,8 +469,14 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         super().__init__()
         if isinstance(schedule, Mapping):
             schedule = from_config(schedule)
-        self.scaling = resolve(base, schedule, rule=rule, reference_size=reference_size,
-                               unit=unit, tokens_per_sample=tokens_per_sample)
+        self.scaling = resolve(
+            base,
+            schedule,
+            rule=rule,
+            reference_size=reference_size,
+            unit=unit,
+            tokens_per_sample=tokens_per_sample,
+        )
         segments = self.scaling.segment_factors()
         per_t = 0 if unit == "steps" else self.scaling.tokens_per_sample or 1
         self._first_steps = tf.constant([s[0] for s in segments], tf.int64)
@@ -473,8 +488,7 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         """The learning rate at `step` (a scalar or a tensor of steps)."""
         step = tf.cast(tf.convert_to_tensor(step), tf.int64)
         flat = tf.reshape(step, [-1])
-        i = tf.reshape(tf.searchsorted(self._first_steps, flat, side="right") - 1,
-                       tf.shape(step))
+        i = tf.reshape(tf.searchsorted(self._first_steps, flat, side="right") - 1, tf.shape(step))
         factor = tf.gather(self._factors, i)
         base = self.scaling.base
         if not callable(base):
@@ -492,13 +506,19 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         if not isinstance(scaling.rule, str):
             raise ValueError(
                 f"rule={scaling.rule!r} is a callable, which a Keras config cannot hold; "
-                "use a named rule (sqrt, linear, none) to save this schedule")
+                "use a named rule (sqrt, linear, none) to save this schedule"
+            )
         base = scaling.base
         if callable(base):
             base = keras.optimizers.schedules.serialize(base)
-        return {"base": base, "schedule": scaling.plan.schedule.to_config(),
-                "rule": scaling.rule, "reference_size": scaling.reference_size,
-                "unit": scaling.unit, "tokens_per_sample": scaling.tokens_per_sample}
+        return {
+            "base": base,
+            "schedule": scaling.plan.schedule.to_config(),
+            "rule": scaling.rule,
+            "reference_size": scaling.reference_size,
+            "unit": scaling.unit,
+            "tokens_per_sample": scaling.tokens_per_sample,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ScaledLearningRate:

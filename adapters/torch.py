@@ -74,8 +74,14 @@ def as_tensors(batch: Any) -> Any:
     if isinstance(batch, Mapping):
         return mapping_like(batch, {k: as_tensors(v) for k, v in batch.items()})
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        return dataclasses.replace(batch, **{f.name: as_tensors(getattr(batch, f.name))
-                                             for f in dataclasses.fields(batch) if f.init})
+        return dataclasses.replace(
+            batch,
+            **{
+                f.name: as_tensors(getattr(batch, f.name))
+                for f in dataclasses.fields(batch)
+                if f.init
+            },
+        )
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
         return type(batch)(*(as_tensors(v) for v in batch))
     if isinstance(batch, (list, tuple)):
@@ -87,8 +93,10 @@ def _rows(batch: Any, step: int) -> int:
     """The leading axis shared by every array of a batch pytree."""
     shapes = [tuple(leaf.shape) for leaf in _leaves(batch)]
     if any(not shape for shape in shapes) or len({shape[0] for shape in shapes}) != 1:
-        raise ValueError(f"the leaves of the batch at step {step} do not share a leading "
-                         f"batch axis, so it cannot be cut into micro-batches: shapes {shapes}")
+        raise ValueError(
+            f"the leaves of the batch at step {step} do not share a leading "
+            f"batch axis, so it cannot be cut into micro-batches: shapes {shapes}"
+        )
     return int(shapes[0][0])
 
 
@@ -108,9 +116,11 @@ def _leaves(batch: Any) -> list[Any]:
         return [leaf for v in batch for leaf in _leaves(v)]
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         return [batch]
-    raise TypeError(f"a {type(batch).__name__} leaf cannot be cut into micro-batches; "
-                    "microbatch_size needs batches whose leaves are tensors, NumPy arrays "
-                    "or None")
+    raise TypeError(
+        f"a {type(batch).__name__} leaf cannot be cut into micro-batches; "
+        "microbatch_size needs batches whose leaves are tensors, NumPy arrays "
+        "or None"
+    )
 
 
 def _split(batch: Any, count: int) -> list[Any]:
@@ -127,8 +137,9 @@ def _split(batch: Any, count: int) -> list[Any]:
         return [mapping_like(batch, {k: p[j] for k, p in parts.items()}) for j in range(count)]
     if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
         fields = {name: _split(getattr(batch, name), count) for name in _init_fields(batch)}
-        return [dataclasses.replace(batch, **{k: p[j] for k, p in fields.items()})
-                for j in range(count)]
+        return [
+            dataclasses.replace(batch, **{k: p[j] for k, p in fields.items()}) for j in range(count)
+        ]
     columns = [_split(v, count) for v in batch]
     if hasattr(batch, "_fields"):
         return [kind(*(c[j] for c in columns)) for j in range(count)]
@@ -181,8 +192,12 @@ class RampupIterator(ScheduledIterator):
     `StatefulDataLoader` saves and restores per worker.
     """
 
-    def __init__(self, batches: BatchIterator | StreamBatcher, convert: bool,
-                 microbatch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        batches: BatchIterator | StreamBatcher,
+        convert: bool,
+        microbatch_size: int | None = None,
+    ) -> None:
         self.batches = batches
         self.convert = convert
         self.microbatch_size = microbatch_size
@@ -208,8 +223,7 @@ class RampupIterator(ScheduledIterator):
             return batch
         # This rank's rows are its equal share of the global batch (Plan.local_bounds).
         size = _rows(batch, step) * self.process_count
-        count = microbatch_count(size, f"at step {step}", self.microbatch_size,
-                                 self.process_count)
+        count = microbatch_count(size, f"at step {step}", self.microbatch_size, self.process_count)
         return _split(batch, count)
 
     def get_state(self) -> dict[str, Any]:
@@ -276,12 +290,15 @@ class RampupIterableDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if source is None:
-            raise TypeError("RampupIterableDataset needs a source: a map-style dataset (with "
-                            "__len__ and __getitem__) or an iterable of elements, got None")
+            raise TypeError(
+                "RampupIterableDataset needs a source: a map-style dataset (with "
+                "__len__ and __getitem__) or an iterable of elements, got None"
+            )
         shuffle = check_flag(shuffle, "shuffle")
         if shuffle and seed is None:
-            raise TypeError("shuffle=True needs an int seed (the same on every rank and worker),"
-                            " got seed=None")
+            raise TypeError(
+                "shuffle=True needs an int seed (the same on every rank and worker), got seed=None"
+            )
         self.rank = _distributed_default(rank, dist.get_rank, 0)
         self.world_size = _distributed_default(world_size, dist.get_world_size, 1)
         self.collate = check_collate(collate)
@@ -292,9 +309,16 @@ class RampupIterableDataset(IterableDataset):
         if _is_map_style(source):
             self.source = None
             self.batches: RampupBatches | None = RampupBatches(
-                source, schedule, shuffle_seed=seed if shuffle else None, num_epochs=num_epochs,
-                drop_remainder=drop_remainder, collate=collate, process_index=self.rank,
-                process_count=self.world_size, on_schedule_change=on_schedule_change)
+                source,
+                schedule,
+                shuffle_seed=seed if shuffle else None,
+                num_epochs=num_epochs,
+                drop_remainder=drop_remainder,
+                collate=collate,
+                process_index=self.rank,
+                process_count=self.world_size,
+                on_schedule_change=on_schedule_change,
+            )
             self.plan = self.batches.plan
             self.microbatch_size = self._check_microbatches(microbatch_size)
             return
@@ -303,10 +327,13 @@ class RampupIterableDataset(IterableDataset):
                 raise ValueError(
                     f"{name}={value!r} needs a map-style source (with __len__ and __getitem__), "
                     f"but the source ({type(source).__name__}) can only be iterated: shuffle and "
-                    "bound the stream itself, or pass a map-style source")
+                    "bound the stream itself, or pass a map-style source"
+                )
         if not isinstance(source, Iterable):
-            raise TypeError(f"RampupIterableDataset needs a map-style dataset or an iterable, "
-                            f"got {type(source).__name__}")
+            raise TypeError(
+                f"RampupIterableDataset needs a map-style dataset or an iterable, "
+                f"got {type(source).__name__}"
+            )
         self.source = source
         self.batches = None
         self.plan = as_plan(schedule)
@@ -325,9 +352,13 @@ class RampupIterableDataset(IterableDataset):
         full_steps = 0 if last is None else last[0] + 1
         if last is not None and last[1] < self.plan.size(last[0]):
             microbatch_count(
-                last[1], f"in the last batch (step {last[0]}, cut short by the end of the data)",
-                microbatch_size, self.world_size, fix="pass drop_remainder=True, or a source "
-                "length that leaves a divisible remainder")
+                last[1],
+                f"in the last batch (step {last[0]}, cut short by the end of the data)",
+                microbatch_size,
+                self.world_size,
+                fix="pass drop_remainder=True, or a source "
+                "length that leaves a divisible remainder",
+            )
             full_steps -= 1
         return self.plan.check_microbatches(microbatch_size, self.world_size, full_steps)
 
@@ -380,7 +411,8 @@ class RampupIterableDataset(IterableDataset):
             f"cannot start at step {step}: the source ({type(self.source).__name__}) can only be "
             "iterated, and a stream cannot seek. Pass a map-style source (with __len__ and "
             "__getitem__), which starts at any step in O(1), or resume the running iterator "
-            "from its own state_dict() under torchdata's StatefulDataLoader")
+            "from its own state_dict() under torchdata's StatefulDataLoader"
+        )
 
     def __iter__(self) -> RampupIterator:
         info = get_worker_info()
@@ -393,12 +425,17 @@ class RampupIterableDataset(IterableDataset):
                 "over the processes again, which loses data and changes the sizes. Do not "
                 "pass the DataLoader to accelerator.prepare(): prepare the model and "
                 "optimizer only, iterate the DataLoader as it is and move each batch with "
-                "accelerate.utils.send_to_device(batch, accelerator.device)")
+                "accelerate.utils.send_to_device(batch, accelerator.device)"
+            )
         convert = self.collate is None
         if self.batches is not None:
-            return RampupIterator(self.batches.iter_from(
-                self.get_state(), worker_index=worker_index, worker_count=worker_count), convert,
-                self.microbatch_size)
+            return RampupIterator(
+                self.batches.iter_from(
+                    self.get_state(), worker_index=worker_index, worker_count=worker_count
+                ),
+                convert,
+                self.microbatch_size,
+            )
         if worker_count > 1:
             raise ValueError(
                 f"RampupIterableDataset over an iterable-only source ({type(self.source).__name__})"
@@ -406,12 +443,18 @@ class RampupIterableDataset(IterableDataset):
                 "own copy of the stream, so every sample would appear once per worker and the "
                 "schedule would be stretched. Use num_workers=0 or 1, or pass a map-style source "
                 "(with __len__ and __getitem__), whose batches any number of workers build by "
-                "random access")
+                "random access"
+            )
         source = cast(Iterable[Any], self.source)  # set whenever self.batches is None
-        stream = StreamBatcher(iter(source), self.plan, drop_remainder=self.drop_remainder,
-                               collate=self.collate, process_index=self.rank,
-                               process_count=self.world_size,
-                               on_schedule_change=self.on_schedule_change)
+        stream = StreamBatcher(
+            iter(source),
+            self.plan,
+            drop_remainder=self.drop_remainder,
+            collate=self.collate,
+            process_index=self.rank,
+            process_count=self.world_size,
+            on_schedule_change=self.on_schedule_change,
+        )
         return RampupIterator(stream, convert, self.microbatch_size)
 
     def __len__(self) -> int:
@@ -419,16 +462,22 @@ class RampupIterableDataset(IterableDataset):
         if self.batches is None:
             raise TypeError("a RampupIterableDataset over an iterable-only source has no len()")
         if self.batches.end is None:
-            raise TypeError("a RampupIterableDataset over endless data (num_epochs=None) has "
-                            "no len()")
+            raise TypeError(
+                "a RampupIterableDataset over endless data (num_epochs=None) has no len()"
+            )
         last = self.plan.last_batch(self.batches.end, self.drop_remainder, int(self._start[1]))
         return 0 if last is None else max(0, last[0] + 1 - self.step)
 
     def __repr__(self) -> str:
-        kind = repr(self.batches) if self.batches is not None else (
-            f"stream of {type(self.source).__name__}")
-        return (f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
-                f"start step {self.step})")
+        kind = (
+            repr(self.batches)
+            if self.batches is not None
+            else (f"stream of {type(self.source).__name__}")
+        )
+        return (
+            f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
+            f"start step {self.step})"
+        )
 
 
 # --- learning rates ---------------------------------------------------------------------------
@@ -461,8 +510,14 @@ def lr_lambda(
       A plain function of the step (a pure function: `LambdaLR.state_dict`
       needs nothing of it, and a resumed scheduler gets the same factors).
     """
-    scaling = resolve(base, schedule, rule=rule, reference_size=reference_size, unit=unit,
-                      tokens_per_sample=tokens_per_sample)
+    scaling = resolve(
+        base,
+        schedule,
+        rule=rule,
+        reference_size=reference_size,
+        unit=unit,
+        tokens_per_sample=tokens_per_sample,
+    )
 
     def factor(step: int) -> float:
         return scaling(step)
@@ -495,24 +550,35 @@ def follow(loader: DataLoader, step: int | None = None) -> Follower:
     """
     dataset = loader.dataset
     if not isinstance(dataset, RampupIterableDataset) or dataset.batches is None:
-        raise TypeError(f"follow needs a DataLoader over a RampupIterableDataset with a "
-                        f"map-style source (it restarts by seeking), got {dataset!r}")
+        raise TypeError(
+            f"follow needs a DataLoader over a RampupIterableDataset with a "
+            f"map-style source (it restarts by seeking), got {dataset!r}"
+        )
     if not isinstance(dataset.plan.schedule, AdaptiveSchedule):
-        raise TypeError(f"follow is for an AdaptiveSchedule; {dataset.plan.schedule} never "
-                        "changes, so iterate the DataLoader itself")
+        raise TypeError(
+            f"follow is for an AdaptiveSchedule; {dataset.plan.schedule} never "
+            "changes, so iterate the DataLoader itself"
+        )
     workers = loader.num_workers
     if workers and loader.persistent_workers:
-        raise ValueError("follow restarts the DataLoader's workers so that they see new "
-                         "decisions; persistent_workers=True keeps the old ones: build the "
-                         "DataLoader with persistent_workers=False")
+        raise ValueError(
+            "follow restarts the DataLoader's workers so that they see new "
+            "decisions; persistent_workers=True keeps the old ones: build the "
+            "DataLoader with persistent_workers=False"
+        )
     run_ahead = workers * (loader.prefetch_factor or 0) if workers else 0
 
     def start(first: int) -> Iterator[Any]:
         dataset.set_step(first)
         return iter(loader)
 
-    return Follower(start, dataset.plan, step=dataset.step if step is None else step,
-                    run_ahead=run_ahead, shares_decisions=workers == 0)
+    return Follower(
+        start,
+        dataset.plan,
+        step=dataset.step if step is None else step,
+        run_ahead=run_ahead,
+        shares_decisions=workers == 0,
+    )
 
 
 class GradNoiseNorms:
@@ -532,11 +598,13 @@ class GradNoiseNorms:
       process_group: the group DDP reduces over; default the world.
     """
 
-    def __init__(self, model: DistributedDataParallel,
-                 process_group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self, model: DistributedDataParallel, process_group: dist.ProcessGroup | None = None
+    ) -> None:
         if not isinstance(model, DistributedDataParallel):
-            raise TypeError(f"GradNoiseNorms needs a DistributedDataParallel model, got "
-                            f"{type(model).__name__}")
+            raise TypeError(
+                f"GradNoiseNorms needs a DistributedDataParallel model, got {type(model).__name__}"
+            )
         self.process_group = process_group
         self._lock = threading.Lock()
         self._local = torch.zeros((), dtype=torch.float64)
@@ -572,8 +640,10 @@ class GradNoiseNorms:
         """
         with self._lock:
             if not self._buckets:
-                raise RuntimeError("GradNoiseNorms.read(): no gradient was all-reduced since "
-                                   "the last read; call it after loss.backward()")
+                raise RuntimeError(
+                    "GradNoiseNorms.read(): no gradient was all-reduced since "
+                    "the last read; call it after loss.backward()"
+                )
             local, big = self._local.clone(), float(self._global)
             self._local.zero_()
             self._global.zero_()

@@ -76,8 +76,11 @@ def collate_vs_stack(width: int, quick: bool) -> dict[str, Any]:
         for _ in range(loops):
             np.stack(elements)
 
-    return at_most(f"default collate / np.stack, 256 x {width} float32",
-                   ratio(ours, bare, 5 if quick else 15), 1.10)
+    return at_most(
+        f"default collate / np.stack, 256 x {width} float32",
+        ratio(ours, bare, 5 if quick else 15),
+        1.10,
+    )
 
 
 def offset_queries(quick: bool) -> dict[str, Any]:
@@ -109,10 +112,14 @@ def restore_far_vs_near(quick: bool) -> dict[str, Any]:
                     it = RampupBatches(data, schedule, shuffle_seed=0).iter_from(0)
                     it.set_state(state)
                     next(it)
+
         return go
 
-    return at_most("restore at step 10^6 / at step 10", ratio(restore(10**6), restore(10),
-                                                              5 if quick else 15), 1.10)
+    return at_most(
+        "restore at step 10^6 / at step 10",
+        ratio(restore(10**6), restore(10), 5 if quick else 15),
+        1.10,
+    )
 
 
 def _peaks(got: dict[str, float]) -> dict[str, float]:
@@ -122,24 +129,39 @@ def _peaks(got: dict[str, float]) -> dict[str, float]:
 
 def shuffled_first_batch(exponent: int) -> list[dict[str, Any]]:
     """Build a shuffled RampupBatches over 10^e elements and take its first batch of 1,024."""
-    got = probe(SETUP, f"RampupBatches(Positions(10**{exponent}), "
-                       "piecewise({0: 1024, 100: 2048}), shuffle_seed=1)[0]")
+    got = probe(
+        SETUP,
+        f"RampupBatches(Positions(10**{exponent}), "
+        "piecewise({0: 1024, 100: 2048}), shuffle_seed=1)[0]",
+    )
     name = f"shuffled RampupBatches over 10^{exponent} elements, first batch"
-    return [at_most(f"{name}: seconds", got["seconds"], 1.0),
-            at_most(f"{name}: MB above an idle interpreter", got["peak_mb"], 100,
-                    **_peaks(got))]
+    return [
+        at_most(f"{name}: seconds", got["seconds"], 1.0),
+        at_most(f"{name}: MB above an idle interpreter", got["peak_mb"], 100, **_peaks(got)),
+    ]
 
 
 def batch_larger_than_data(quick: bool) -> list[dict[str, Any]]:
     """A shuffled batch of B over 3 elements: time per sample at 10 B vs at B (linear: 1)."""
     small, large = 100_000, 1_000_000
     source = np.arange(3)
-    times = {b: median_seconds(lambda b=b: RampupBatches(  # type: ignore[misc]
-                                   source, constant(b), shuffle_seed=1)[0],
-                               3 if quick else 7) for b in (small, large)}
-    return [reported("shuffled batch of 100,000 over 3 elements: seconds", times[small]),
-            at_most("shuffled batch over 3 elements, time per sample at B = 10^6 / at 10^5",
-                    (times[large] / large) / (times[small] / small), 1.5)]
+    times = {
+        b: median_seconds(
+            lambda b=b: RampupBatches(  # type: ignore[misc]
+                source, constant(b), shuffle_seed=1
+            )[0],
+            3 if quick else 7,
+        )
+        for b in (small, large)
+    }
+    return [
+        reported("shuffled batch of 100,000 over 3 elements: seconds", times[small]),
+        at_most(
+            "shuffled batch over 3 elements, time per sample at B = 10^6 / at 10^5",
+            (times[large] / large) / (times[small] / small),
+            1.5,
+        ),
+    ]
 
 
 def from_fn_far(quick: bool) -> list[dict[str, Any]]:
@@ -150,30 +172,54 @@ def from_fn_far(quick: bool) -> list[dict[str, Any]]:
     refused = probe(SETUP, RESTORE_PAST_MAX_STEP)
     return [
         reported("from_fn taking arrays, offset at step 10^8 - 1: seconds", far["seconds"]),
-        at_most("from_fn taking arrays, offset at step 10^8 - 1: MB above idle",
-                far["peak_mb"], 100, **_peaks(far)),
+        at_most(
+            "from_fn taking arrays, offset at step 10^8 - 1: MB above idle",
+            far["peak_mb"],
+            100,
+            **_peaks(far),
+        ),
         reported(f"from_fn per step, offset at step {exp}: seconds", scalar["seconds"]),
-        at_most(f"from_fn per step, offset at step {exp}: MB above idle", scalar["peak_mb"], 100,
-                **_peaks(scalar)),
-        at_most("from_fn, restore at step 10^9 (past max_step) refused: seconds",
-                refused["seconds"], 1.0),
+        at_most(
+            f"from_fn per step, offset at step {exp}: MB above idle",
+            scalar["peak_mb"],
+            100,
+            **_peaks(scalar),
+        ),
+        at_most(
+            "from_fn, restore at step 10^9 (past max_step) refused: seconds",
+            refused["seconds"],
+            1.0,
+        ),
     ]
 
 
 def linear_billion_sizes() -> list[dict[str, Any]]:
     """linear(1, 1, 10^15, 10^9): refused when built, naming the count of sizes."""
     got = probe(SETUP, LINEAR_BILLION_SIZES)
-    return [at_most("linear(1, 1, 10^15, 10^9) refused when built: seconds", got["seconds"], 1.0),
-            at_most("linear(1, 1, 10^15, 10^9) refused when built: MB above idle",
-                    got["peak_mb"], 100, **_peaks(got))]
+    return [
+        at_most("linear(1, 1, 10^15, 10^9) refused when built: seconds", got["seconds"], 1.0),
+        at_most(
+            "linear(1, 1, 10^15, 10^9) refused when built: MB above idle",
+            got["peak_mb"],
+            100,
+            **_peaks(got),
+        ),
+    ]
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """All core benchmarks."""
-    return [collate_vs_stack(128, quick), collate_vs_stack(4096, quick),
-            offset_queries(quick), restore_far_vs_near(quick),
-            *shuffled_first_batch(9), *shuffled_first_batch(12),
-            *batch_larger_than_data(quick), *from_fn_far(quick), *linear_billion_sizes()]
+    return [
+        collate_vs_stack(128, quick),
+        collate_vs_stack(4096, quick),
+        offset_queries(quick),
+        restore_far_vs_near(quick),
+        *shuffled_first_batch(9),
+        *shuffled_first_batch(12),
+        *batch_larger_than_data(quick),
+        *from_fn_far(quick),
+        *linear_billion_sizes(),
+    ]
 
 
 if __name__ == "__main__":

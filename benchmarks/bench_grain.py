@@ -56,21 +56,33 @@ def batching_rows(quick: bool) -> list[dict[str, Any]]:
     repeats = 3 if quick else 9
     source = grain.MapDataset.range(n).map(element)
     schedule = rampup.constant(BATCH)
-    ramp_map = RampupMapDataset(source, schedule, num_epochs=1, process_index=0,
-                                process_count=1)
-    ramp_iter = RampupIterDataset(source.to_iter_dataset(READ), schedule, process_index=0,
-                                  process_count=1)
+    ramp_map = RampupMapDataset(source, schedule, num_epochs=1, process_index=0, process_count=1)
+    ramp_iter = RampupIterDataset(
+        source.to_iter_dataset(READ), schedule, process_index=0, process_count=1
+    )
     grain_map = source.batch(BATCH)
     grain_iter = source.to_iter_dataset(READ).batch(BATCH)
     return [
-        at_most("RampupIterDataset / IterDataset.batch, constant 64",
-                ratio(lambda: drain(ramp_iter), lambda: drain(grain_iter), repeats), 1.05),
-        at_most("RampupMapDataset / MapDataset.batch, constant 64",
-                ratio(lambda: drain(ramp_map.to_iter_dataset(READ)),
-                      lambda: drain(grain_map.to_iter_dataset(READ)), repeats), 1.05),
-        reported("RampupMapDataset.to_iter_dataset / IterDataset.batch, constant 64",
-                 ratio(lambda: drain(ramp_map.to_iter_dataset(READ)),
-                       lambda: drain(grain_iter), repeats)),
+        at_most(
+            "RampupIterDataset / IterDataset.batch, constant 64",
+            ratio(lambda: drain(ramp_iter), lambda: drain(grain_iter), repeats),
+            1.05,
+        ),
+        at_most(
+            "RampupMapDataset / MapDataset.batch, constant 64",
+            ratio(
+                lambda: drain(ramp_map.to_iter_dataset(READ)),
+                lambda: drain(grain_map.to_iter_dataset(READ)),
+                repeats,
+            ),
+            1.05,
+        ),
+        reported(
+            "RampupMapDataset.to_iter_dataset / IterDataset.batch, constant 64",
+            ratio(
+                lambda: drain(ramp_map.to_iter_dataset(READ)), lambda: drain(grain_iter), repeats
+            ),
+        ),
     ]
 
 
@@ -102,8 +114,13 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
     n = 192 if quick else 1_920
     repeats = 1 if quick else 3
     source = grain.MapDataset.range(n).map(heavy)
-    ramp = RampupMapDataset(source, rampup.piecewise({0: 8, 5: 16, 11: 32}), num_epochs=1,
-                            process_index=0, process_count=1).to_iter_dataset(READ)
+    ramp = RampupMapDataset(
+        source,
+        rampup.piecewise({0: 8, 5: 16, 11: 32}),
+        num_epochs=1,
+        process_index=0,
+        process_count=1,
+    ).to_iter_dataset(READ)
     reference = source.batch(32).to_iter_dataset(READ)
 
     def seconds_with(ds, workers: int) -> float:
@@ -122,12 +139,22 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
             two[id(ds)] = times[2]
         versus.append(two[id(ramp)] / two[id(reference)])
     return [
-        at_least("RampupMapDataset + mp_prefetch throughput, 2 workers / 1, CPU-heavy",
-                 statistics.median(ours), 1.6, load_sensitive=True),
-        reported("reference: MapDataset.batch(32) + mp_prefetch, 2 workers / 1, same map",
-                 statistics.median(theirs)),
-        at_most("RampupMapDataset + mp_prefetch 2 workers / MapDataset.batch(32) + mp_prefetch "
-                "2 workers, time, same elements", statistics.median(versus), 1.05),
+        at_least(
+            "RampupMapDataset + mp_prefetch throughput, 2 workers / 1, CPU-heavy",
+            statistics.median(ours),
+            1.6,
+            load_sensitive=True,
+        ),
+        reported(
+            "reference: MapDataset.batch(32) + mp_prefetch, 2 workers / 1, same map",
+            statistics.median(theirs),
+        ),
+        at_most(
+            "RampupMapDataset + mp_prefetch 2 workers / MapDataset.batch(32) + mp_prefetch "
+            "2 workers, time, same elements",
+            statistics.median(versus),
+            1.05,
+        ),
     ]
 
 

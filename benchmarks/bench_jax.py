@@ -58,8 +58,9 @@ def _compute_step(width: int, target_seconds: float, batch: jax.Array) -> Callab
 
     probe = make(4)
     probe(batch).block_until_ready()
-    once = statistics.median(seconds(lambda: probe(batch).block_until_ready())
-                             for _ in range(5)) / 4
+    once = (
+        statistics.median(seconds(lambda: probe(batch).block_until_ready()) for _ in range(5)) / 4
+    )
     step = make(max(1, round(target_seconds / once)))
     step(batch).block_until_ready()
     return step
@@ -92,11 +93,14 @@ def prefetch_overlap(quick: bool) -> dict[str, Any]:
     for i in range(5 if quick else 9):
         order = [load_only, compute_only, pipelined]
         times = {}
-        for fn in order[i % 3:] + order[:i % 3]:
+        for fn in order[i % 3 :] + order[: i % 3]:
             times[fn] = seconds(fn)
         ratios.append(times[pipelined] / max(times[load_only], times[compute_only]))
-    return at_most(f"prefetch step time / max(load, compute), {jax.device_count()} devices",
-                   statistics.median(ratios), 1.15)
+    return at_most(
+        f"prefetch step time / max(load, compute), {jax.device_count()} devices",
+        statistics.median(ratios),
+        1.15,
+    )
 
 
 def transfer_throughput(quick: bool) -> list[dict[str, Any]]:
@@ -140,12 +144,21 @@ def transfer_throughput(quick: bool) -> list[dict[str, Any]]:
     what = f"{rows}x{width} float32, {jax.device_count()} devices"
     # time(theirs) / time(ours) is ours' throughput over theirs.
     return [
-        at_least(f"device_batches(prefetch=2) / jax.device_put loop throughput, {what}",
-                 ratio(plain, ours(2), repeats), 0.95),
-        at_least(f"device_batches(prefetch=2) / bare thread + queue throughput, {what}",
-                 ratio(bare_thread, ours(2), repeats), 0.95),
-        at_least(f"device_batches(prefetch=0) / jax.device_put loop throughput, {what}",
-                 ratio(plain, ours(0), repeats), 0.95),
+        at_least(
+            f"device_batches(prefetch=2) / jax.device_put loop throughput, {what}",
+            ratio(plain, ours(2), repeats),
+            0.95,
+        ),
+        at_least(
+            f"device_batches(prefetch=2) / bare thread + queue throughput, {what}",
+            ratio(bare_thread, ours(2), repeats),
+            0.95,
+        ),
+        at_least(
+            f"device_batches(prefetch=0) / jax.device_put loop throughput, {what}",
+            ratio(plain, ours(0), repeats),
+            0.95,
+        ),
     ]
 
 

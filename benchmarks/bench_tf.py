@@ -40,8 +40,9 @@ def reduce(ds: tf.data.Dataset) -> Callable[[], None]:
     """
 
     def go() -> None:
-        ds.reduce(tf.constant(0, tf.int64),
-                  lambda n, b: n + tf.shape(b, out_type=tf.int64)[0]).numpy()
+        ds.reduce(
+            tf.constant(0, tf.int64), lambda n, b: n + tf.shape(b, out_type=tf.int64)[0]
+        ).numpy()
 
     return go
 
@@ -51,8 +52,11 @@ def native_constant_vs_batch(data: np.ndarray, size: int, repeats: int) -> dict[
     ds = tf.data.Dataset.from_tensor_slices(data)
     value = ratio(consume(rampup_batch(ds, constant(size))), consume(ds.batch(size)), repeats)
     # A one-segment schedule is one `batch` (see rampup_batch).
-    return at_most(f"native rampup_batch constant({size}) / ds.batch({size}), "
-                   f"{len(data)} x {WIDTH} float32", value, 1.2)
+    return at_most(
+        f"native rampup_batch constant({size}) / ds.batch({size}), {len(data)} x {WIDTH} float32",
+        value,
+        1.2,
+    )
 
 
 def ramp_schedules(samples: int, final: int) -> dict[str, Any]:
@@ -61,10 +65,12 @@ def ramp_schedules(samples: int, final: int) -> dict[str, Any]:
     second = samples // 4 // (final // 4)
     third = second + samples // 4 // (final // 2)
     return {
-        f"linear ramp to {final} over half the data": linear(final // 8, final // 8,
-                                                             samples // 2, final),
+        f"linear ramp to {final} over half the data": linear(
+            final // 8, final // 8, samples // 2, final
+        ),
         f"piecewise {final // 4}, {final // 2}, {final} (ramp over half the data)": piecewise(
-            {0: final // 4, second: final // 2, third: final}),
+            {0: final // 4, second: final // 2, third: final}
+        ),
     }
 
 
@@ -72,8 +78,11 @@ def native_ramps_vs_batch(data: np.ndarray, final: int, repeats: int) -> list[di
     """`rampup_batch` on each ramp vs `ds.batch(final)`, read inside TensorFlow."""
     ds = tf.data.Dataset.from_tensor_slices(data)
     return [
-        at_most(f"native rampup_batch, {name} / ds.batch({final})",
-                ratio(reduce(rampup_batch(ds, schedule)), reduce(ds.batch(final)), repeats), 1.3)
+        at_most(
+            f"native rampup_batch, {name} / ds.batch({final})",
+            ratio(reduce(rampup_batch(ds, schedule)), reduce(ds.batch(final)), repeats),
+            1.3,
+        )
         for name, schedule in ramp_schedules(len(data), final).items()
     ]
 
@@ -93,7 +102,8 @@ def generator_vs_native(data: np.ndarray, final: int, repeats: int) -> dict[str,
     generator = to_tf_dataset(RampupBatches(data, schedule, num_epochs=1))
     value = ratio(consume(generator), consume(rampup_batch(ds, schedule)), repeats)
     return reported(
-        f"to_tf_dataset(RampupBatches) / native rampup_batch, linear ramp to {final}", value)
+        f"to_tf_dataset(RampupBatches) / native rampup_batch, linear ramp to {final}", value
+    )
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

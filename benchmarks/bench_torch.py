@@ -55,7 +55,8 @@ class Columnar(Dataset):
         rng = np.random.default_rng(0)
         self.columns: dict[str, np.ndarray] = {
             "input_ids": rng.integers(0, 50_000, (rows, width), dtype=np.int32),
-            "label": rng.integers(0, 2, rows)}
+            "label": rng.integers(0, 2, rows),
+        }
         self.batched_calls = 0
 
     def __len__(self) -> int:
@@ -77,12 +78,19 @@ def steady_seconds(num_workers: int, batches: int, rampup: bool = True) -> float
     items: the machine's scaling with workers, for reference.
     """
     if rampup:
-        loader = DataLoader(RampupIterableDataset(HeavyItems(), piecewise({0: 16, 4: 32})),
-                            batch_size=None, num_workers=num_workers,
-                            prefetch_factor=4 if num_workers else None)
+        loader = DataLoader(
+            RampupIterableDataset(HeavyItems(), piecewise({0: 16, 4: 32})),
+            batch_size=None,
+            num_workers=num_workers,
+            prefetch_factor=4 if num_workers else None,
+        )
     else:
-        loader = DataLoader(HeavyItems(), batch_size=32, num_workers=num_workers,
-                            prefetch_factor=4 if num_workers else None)
+        loader = DataLoader(
+            HeavyItems(),
+            batch_size=32,
+            num_workers=num_workers,
+            prefetch_factor=4 if num_workers else None,
+        )
     it = iter(loader)
     for _ in range(max(num_workers, 1)):  # worker start-up is not throughput
         next(it)
@@ -104,9 +112,13 @@ def workers_two_vs_zero(quick: bool) -> dict[str, Any]:
             order = (0, 2) if i % 2 else (2, 0)
             t = {w: steady_seconds(w, batches, rampup) for w in order}
             ratios.append(t[0] / t[2])
-    return at_least("throughput, 2 DataLoader workers / 0, CPU-heavy items",
-                    statistics.median(ours), 1.6, load_sensitive=True,
-                    torch_batch_size_32_same_items=round(statistics.median(reference), 3))
+    return at_least(
+        "throughput, 2 DataLoader workers / 0, CPU-heavy items",
+        statistics.median(ours),
+        1.6,
+        load_sensitive=True,
+        torch_batch_size_32_same_items=round(statistics.median(reference), 3),
+    )
 
 
 def constant_vs_batch_size(quick: bool) -> dict[str, Any]:
@@ -114,16 +126,20 @@ def constant_vs_batch_size(quick: bool) -> dict[str, Any]:
     source, n = CheapItems(4096 if quick else 16384, 64), 64
 
     def ours():
-        for _ in DataLoader(RampupIterableDataset(source, constant(n), num_epochs=1),
-                            batch_size=None):
+        for _ in DataLoader(
+            RampupIterableDataset(source, constant(n), num_epochs=1), batch_size=None
+        ):
             pass
 
     def torch_batch():
         for _ in DataLoader(source, batch_size=n):
             pass
 
-    return at_most("time, ramp-up at constant(64) / DataLoader(batch_size=64), same dataset",
-                   ratio(ours, torch_batch, 5 if quick else 11), 1.10)
+    return at_most(
+        "time, ramp-up at constant(64) / DataLoader(batch_size=64), same dataset",
+        ratio(ours, torch_batch, 5 if quick else 11),
+        1.10,
+    )
 
 
 def columnar_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
@@ -135,26 +151,35 @@ def columnar_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
     calls_per_batch = source.batched_calls / batches
 
     def ours():
-        for _ in DataLoader(RampupIterableDataset(source, constant(n), num_epochs=1),
-                            batch_size=None):
+        for _ in DataLoader(
+            RampupIterableDataset(source, constant(n), num_epochs=1), batch_size=None
+        ):
             pass
 
     def torch_batch():
         for _ in DataLoader(source, batch_size=n):
             pass
 
-    return [at_most("__getitems__ calls per batch, columnar source", calls_per_batch, 1.0),
-            at_most("time, ramp-up at constant(64) / DataLoader(batch_size=64), columnar "
-                    "source with __getitems__", ratio(ours, torch_batch, 5 if quick else 11),
-                    1.10)]
+    return [
+        at_most("__getitems__ calls per batch, columnar source", calls_per_batch, 1.0),
+        at_most(
+            "time, ramp-up at constant(64) / DataLoader(batch_size=64), columnar "
+            "source with __getitems__",
+            ratio(ours, torch_batch, 5 if quick else 11),
+            1.10,
+        ),
+    ]
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """All PyTorch adapter benchmarks."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="This DataLoader will create")
-        return [workers_two_vs_zero(quick), constant_vs_batch_size(quick),
-                *columnar_vs_batch_size(quick)]
+        return [
+            workers_two_vs_zero(quick),
+            constant_vs_batch_size(quick),
+            *columnar_vs_batch_size(quick),
+        ]
 
 
 if __name__ == "__main__":

@@ -45,17 +45,24 @@ def probe(setup: str, code: str) -> dict[str, float]:
       imports), so the figure is what `code` added; both peaks as
       `busy_peak_mb` and `idle_peak_mb`.
     """
+
     def run(body: str) -> dict[str, float]:
-        out = subprocess.run([sys.executable, "-c", _PROBE.format(setup=setup, code=body)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(setup=setup, code=body)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     idle, busy = run("pass"), run(code)
     mb = 1024 * (1024 if sys.platform == "darwin" else 1)  # ru_maxrss is in bytes on macOS
-    return {"seconds": busy["seconds"],
-            "peak_mb": max(0.0, (busy["maxrss_kb"] - idle["maxrss_kb"]) / mb),
-            "idle_peak_mb": round(idle["maxrss_kb"] / mb, 1),
-            "busy_peak_mb": round(busy["maxrss_kb"] / mb, 1)}
+    return {
+        "seconds": busy["seconds"],
+        "peak_mb": max(0.0, (busy["maxrss_kb"] - idle["maxrss_kb"]) / mb),
+        "idle_peak_mb": round(idle["maxrss_kb"] / mb, 1),
+        "busy_peak_mb": round(busy["maxrss_kb"] / mb, 1),
+    }
 
 
 def ratio(a: Callable[[], Any], b: Callable[[], Any], repeats: int) -> float:
@@ -82,8 +89,7 @@ def row(name: str, value: float, target: str, holds: bool, **extra: Any) -> dict
     machine moves (a worker speedup needs idle cores): `rampup bench --quick`
     reports it but does not fail on it.
     """
-    return {"name": name, "ratio": round(value, 3), "target": target, "holds": bool(holds),
-            **extra}
+    return {"name": name, "ratio": round(value, 3), "target": target, "holds": bool(holds), **extra}
 
 
 def reported(name: str, value: float, **extra: Any) -> dict[str, Any]:
@@ -104,13 +110,20 @@ def at_least(name: str, value: float, limit: float, **extra: Any) -> dict[str, A
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The results as an aligned text table."""
     lines = [("benchmark", "value", "target", "holds")]
-    lines += [(r["name"], f"{r['ratio']:.3f}", r["target"],
-               ("-" if r["target"] == "reported" else "yes" if r["holds"] else "NO")
-               + (" (load-sensitive)" if r.get("load_sensitive") else ""))
-              for r in rows]
+    lines += [
+        (
+            r["name"],
+            f"{r['ratio']:.3f}",
+            r["target"],
+            ("-" if r["target"] == "reported" else "yes" if r["holds"] else "NO")
+            + (" (load-sensitive)" if r.get("load_sensitive") else ""),
+        )
+        for r in rows
+    ]
     widths = [max(len(line[c]) for line in lines) for c in range(4)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True))
-                     for line in lines)
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in lines
+    )
 
 
 def main(run: Callable[[bool], list[dict[str, Any]]], argv: Sequence[str] | None = None) -> None:

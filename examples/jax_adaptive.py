@@ -43,8 +43,13 @@ def main() -> None:
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     devices = mesh.shape["data"]
     # lag 4 > prefetch 2: every batch built ahead already has its final size.
-    schedule = rampup.AdaptiveSchedule(16, multiple_of=devices, max_size=1024, lag=4,
-                                       policy=rampup.GrowthPolicy(factor=2, patience=4))
+    schedule = rampup.AdaptiveSchedule(
+        16,
+        multiple_of=devices,
+        max_size=1024,
+        lag=4,
+        policy=rampup.GrowthPolicy(factor=2, patience=4),
+    )
     noise = rampup.NoiseScale(beta=0.8)
     optimizer = optax.sgd(0.2, momentum=0.5)
     grad_and_norms = grad_with_noise_norms(loss_fn, mesh)
@@ -66,8 +71,10 @@ def main() -> None:
             estimate = noise.update(float(small), float(big), size // devices, size)
             decision = schedule.propose(step, estimate)
             note = f" -> size {decision.size} from step {decision.start}" if decision else ""
-            print(f"step {step} size {size} noise_scale {estimate or 0:.1f} "
-                  f"loss {float(loss):.4f}{note}")
+            print(
+                f"step {step} size {size} noise_scale {estimate or 0:.1f} "
+                f"loss {float(loss):.4f}{note}"
+            )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def main() -> None:
     optimizer = optax.adam(lr)
     params = {"w1": jax.random.normal(jax.random.key(0), (8, 32)) / 3, "w2": jnp.zeros(32)}
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    train_state = jax.device_put({"params": params, "opt_state": optimizer.init(params)},
-                                 replicated)
+    train_state = jax.device_put(
+        {"params": params, "opt_state": optimizer.init(params)}, replicated
+    )
 
     @jax.jit
     def train_step(train_state, batch):
@@ -65,9 +66,12 @@ def main() -> None:
     with ocp.CheckpointManager(os.path.abspath(args.checkpoint)) as manager:
         start = manager.latest_step() or 0
         if start:  # the model, the optimizer and the data, all of the same step
-            restored = manager.restore(start, args=ocp.args.Composite(
-                train_state=ocp.args.StandardRestore(train_state),
-                data=ocp.args.JsonRestore()))
+            restored = manager.restore(
+                start,
+                args=ocp.args.Composite(
+                    train_state=ocp.args.StandardRestore(train_state), data=ocp.args.JsonRestore()
+                ),
+            )
             train_state = restored["train_state"]
             iterator.set_state(restored["data"])  # O(1): the data position follows the step
         seen = dataset.plan.offset(start)  # samples trained on before this run
@@ -75,14 +79,20 @@ def main() -> None:
             for step, batch in zip(range(start, args.steps), batches, strict=False):
                 train_state, loss = train_step(train_state, batch)
                 seen += batch["x"].shape[0]  # the global batch: every process's rows
-                print(f"step {step} batch {batch['x'].shape[0]} samples {seen} "
-                      f"compiles {train_step._cache_size()} lr {float(lr(step)):.6g} "
-                      f"loss {float(loss):.6f}")
+                print(
+                    f"step {step} batch {batch['x'].shape[0]} samples {seen} "
+                    f"compiles {train_step._cache_size()} lr {float(lr(step)):.6g} "
+                    f"loss {float(loss):.6f}"
+                )
             if args.steps > start:
                 # The state of the next step to consume, not of the batches built ahead.
-                manager.save(args.steps, args=ocp.args.Composite(
-                    train_state=ocp.args.StandardSave(train_state),
-                    data=ocp.args.JsonSave(batches.get_state())))
+                manager.save(
+                    args.steps,
+                    args=ocp.args.Composite(
+                        train_state=ocp.args.StandardSave(train_state),
+                        data=ocp.args.JsonSave(batches.get_state()),
+                    ),
+                )
 
 
 if __name__ == "__main__":

@@ -75,12 +75,16 @@ class Propose(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         model = self.model
         size = int(model.size.numpy())
-        estimate = self.noise.update(float(model.small.numpy()), float(model.big.numpy()),
-                                     size // PARTS, size)
+        estimate = self.noise.update(
+            float(model.small.numpy()), float(model.big.numpy()), size // PARTS, size
+        )
         decision = self.schedule.propose(batch, estimate)
         note = f" -> size {decision.size} from step {decision.start}" if decision else ""
-        print(f"step {batch} size {size} noise_scale {estimate or 0:.1f} "
-              f"loss {logs['loss']:.4f}{note}", flush=True)
+        print(
+            f"step {batch} size {size} noise_scale {estimate or 0:.1f} "
+            f"loss {logs['loss']:.4f}{note}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -91,14 +95,24 @@ def main() -> None:
     tf.config.experimental.enable_op_determinism()
     # Keras and tf.data pull a few batches ahead of the step; lag 8 covers them, and a
     # pipeline that ran further would raise "not decided yet" instead of guessing.
-    schedule = rampup.AdaptiveSchedule(16, multiple_of=PARTS, max_size=1024, lag=8,
-                                       policy=rampup.GrowthPolicy(factor=2, patience=4))
+    schedule = rampup.AdaptiveSchedule(
+        16,
+        multiple_of=PARTS,
+        max_size=1024,
+        lag=8,
+        policy=rampup.GrowthPolicy(factor=2, patience=4),
+    )
     noise = rampup.NoiseScale(beta=0.8)
     dataset = to_tf_dataset(rampup.RampupBatches(make_source(), schedule, shuffle_seed=0))
     model = NoiseNormsModel()
     model.compile(optimizer=keras.optimizers.SGD(0.2, momentum=0.5))
-    model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0,
-              callbacks=[Propose(schedule, noise)])
+    model.fit(
+        dataset,
+        steps_per_epoch=args.steps,
+        epochs=1,
+        verbose=0,
+        callbacks=[Propose(schedule, noise)],
+    )
 
 
 if __name__ == "__main__":

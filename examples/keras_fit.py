@@ -44,8 +44,9 @@ def main() -> None:
     schedule = rampup.piecewise({0: 16, 4: 32, 8: 64})
     dataset = rampup_batch(samples, schedule).prefetch(tf.data.AUTOTUNE)
 
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, "tanh"),
-                              keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(32, "tanh"), keras.layers.Dense(1)]
+    )
     optimizer = keras.optimizers.Adam(ScaledLearningRate(1e-2, schedule))  # x sqrt(B(k) / 64)
     model.compile(optimizer=optimizer, loss="mse", metrics=[BatchSize()])
     model.fit(dataset, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[PrintStep()])

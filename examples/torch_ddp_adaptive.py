@@ -40,17 +40,28 @@ def say(line: str) -> None:
 
 
 def train(rank: int, world_size: int, port: int, steps: int, workers: int) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
     # lag 12 > the loader's run-ahead, workers * prefetch_factor = 2 * 2. A copy of the
     # decisions covers lag - run-ahead steps: the larger the lag, the rarer the restarts.
-    schedule = rampup.AdaptiveSchedule(16, multiple_of=world_size, max_size=1024, lag=12,
-                                       policy=rampup.GrowthPolicy(factor=2, patience=4))
+    schedule = rampup.AdaptiveSchedule(
+        16,
+        multiple_of=world_size,
+        max_size=1024,
+        lag=12,
+        policy=rampup.GrowthPolicy(factor=2, patience=4),
+    )
     dataset = RampupIterableDataset(make_source(), schedule, shuffle=True, seed=0)
     # Forked workers start in milliseconds; spawned ones import torch anew at every restart.
     context = "fork" if workers else None
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                         multiprocessing_context=context)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, multiprocessing_context=context
+    )
     torch.manual_seed(0)
     model = DistributedDataParallel(torch.nn.Linear(FEATURES, 1, bias=False))
     torch.nn.init.zeros_(model.module.weight)
@@ -70,8 +81,10 @@ def train(rank: int, world_size: int, port: int, steps: int, workers: int) -> No
         decision = schedule.propose(step, estimate)
         if rank == 0:
             note = f" -> size {decision.size} from step {decision.start}" if decision else ""
-            say(f"step {step} size {size} noise_scale {estimate or 0:.1f} "
-                f"loss {loss.item():.4f}{note}")
+            say(
+                f"step {step} size {size} noise_scale {estimate or 0:.1f} "
+                f"loss {loss.item():.4f}{note}"
+            )
         optimizer.step()
     say(f"rank {rank} decisions {schedule.decisions} restarts {batches.restarts}")
     dist.destroy_process_group()
@@ -85,8 +98,9 @@ def main() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.start_processes(train, args=(2, port, args.steps, args.workers), nprocs=2,
-                       start_method="fork")
+    mp.start_processes(
+        train, args=(2, port, args.steps, args.workers), nprocs=2, start_method="fork"
+    )
 
 
 if __name__ == "__main__":

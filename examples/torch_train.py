@@ -41,8 +41,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="ckpt.pt")
     args = parser.parse_args()
     schedule = rampup.piecewise({0: 16, 4: 32, 8: 64})
-    dataset = RampupIterableDataset(Regression(), schedule, shuffle=True, seed=0,
-                                    microbatch_size=8)
+    dataset = RampupIterableDataset(Regression(), schedule, shuffle=True, seed=0, microbatch_size=8)
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
@@ -71,12 +70,20 @@ def main() -> None:
         scheduler.step()
         rows = sum(len(part["x"]) for part in micro)
         seen += rows
-        print(f"step {step} batch {rows} samples {seen} micro {len(micro)} lr {lr:.6g} "
-              f"loss {loss:.6f}")
+        print(
+            f"step {step} batch {rows} samples {seen} micro {len(micro)} lr {lr:.6g} "
+            f"loss {loss:.6f}"
+        )
     if args.steps > start:
         dataset.set_step(args.steps)  # the data state of the next step to train
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "data": dataset.state_dict()}, args.checkpoint)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "data": dataset.state_dict(),
+            },
+            args.checkpoint,
+        )
 
 
 if __name__ == "__main__":

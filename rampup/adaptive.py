@@ -135,17 +135,31 @@ class AdaptiveSchedule(Schedule):
             raise TypeError(f"policy must be a rampup.GrowthPolicy, got {policy!r}")
         allowed = None
         if allowed_sizes is not None:
-            allowed = tuple(sorted({rules.check(check_size(s, "allowed_sizes"), 0)
-                                    for s in allowed_sizes}))
-        config = {"type": "adaptive", "initial_size": initial_size, "lag": lag,
-                  "policy": policy.config(), **rules.config()}
+            allowed = tuple(
+                sorted({rules.check(check_size(s, "allowed_sizes"), 0) for s in allowed_sizes})
+            )
+        config = {
+            "type": "adaptive",
+            "initial_size": initial_size,
+            "lag": lag,
+            "policy": policy.config(),
+            **rules.config(),
+        }
         if allowed is not None:
             config["allowed_sizes"] = list(allowed)
         text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        for name, value in (("config", text), ("rules", rules), ("fn", None), ("name", None),
-                            ("max_step", None),
-                            ("initial_size", initial_size), ("lag", lag), ("policy", policy),
-                            ("allowed_sizes", allowed), ("_log", _Log(initial_size))):
+        for name, value in (
+            ("config", text),
+            ("rules", rules),
+            ("fn", None),
+            ("name", None),
+            ("max_step", None),
+            ("initial_size", initial_size),
+            ("lag", lag),
+            ("policy", policy),
+            ("allowed_sizes", allowed),
+            ("_log", _Log(initial_size)),
+        ):
             object.__setattr__(self, name, value)
 
     # The dataclass fields of Schedule, read from the decisions so far.
@@ -165,8 +179,12 @@ class AdaptiveSchedule(Schedule):
         """`(revision, starts, sizes, decided_until)`, consistent with one another."""
         log = self._log
         with log.lock:
-            return (log.revision, tuple(log.starts), tuple(log.sizes),
-                    log.proposed_until + self.lag)
+            return (
+                log.revision,
+                tuple(log.starts),
+                tuple(log.sizes),
+                log.proposed_until + self.lag,
+            )
 
     @property
     def revision(self) -> int:
@@ -200,7 +218,8 @@ class AdaptiveSchedule(Schedule):
             f"than lag allows: make lag larger than its run-ahead (prefetch depth, "
             "num_workers * prefetch_factor), call propose() at every step, and restart loaders "
             "whose workers are other processes (they hold a copy of the decisions) with "
-            "rampup.follow (rampup.adapters.torch.follow for a DataLoader)")
+            "rampup.follow (rampup.adapters.torch.follow for a DataLoader)"
+        )
 
     def to_config(self) -> dict[str, Any]:
         """Refused: a config describes a schedule known in advance; this one is written
@@ -208,7 +227,8 @@ class AdaptiveSchedule(Schedule):
         raise ValueError(
             "an AdaptiveSchedule has no config that from_config could rebuild: its sizes are "
             "decided online. Save get_state() (the decisions) and rebuild it with the same "
-            "arguments, then set_state()")
+            "arguments, then set_state()"
+        )
 
     def check_lag(self, run_ahead: int, what: str = "the pipeline") -> None:
         """Refuses a pipeline that builds `run_ahead` steps past training: lag must exceed it.
@@ -221,7 +241,8 @@ class AdaptiveSchedule(Schedule):
             raise ValueError(
                 f"{what} builds batches up to {run_ahead} steps ahead of training, but the "
                 f"adaptive schedule's lag={self.lag} fixes sizes only {self.lag - 1} steps "
-                f"ahead; build it with lag >= {run_ahead + 1} or build fewer batches ahead")
+                f"ahead; build it with lag >= {run_ahead + 1} or build fewer batches ahead"
+            )
 
     # --- decisions ---
 
@@ -274,7 +295,8 @@ class AdaptiveSchedule(Schedule):
                 raise ValueError(
                     f"propose(step={step}): proposals go forward, and step "
                     f"{log.proposed_until - 1} was proposed already; the next proposal must be "
-                    f"at step >= {log.proposed_until}")
+                    f"at step >= {log.proposed_until}"
+                )
             current = log.sizes[-1]
             decision = None
             if estimate is not None:
@@ -333,7 +355,8 @@ class AdaptiveSchedule(Schedule):
             raise ValueError(
                 f"a state at step {step} needs the adaptive schedule's decisions up to step "
                 f"{step}, but they are known only for steps < {decided_until}: restore the "
-                "schedule state saved with the data state first")
+                "schedule state saved with the data state first"
+            )
         return self._fingerprint(bisect.bisect_left(starts, step))
 
     def _fingerprint(self, count: int) -> str:
@@ -349,8 +372,9 @@ class AdaptiveSchedule(Schedule):
             return {
                 VERSION_KEY: ADAPTIVE_STATE_VERSION,
                 CONFIG_KEY: self.config,
-                DECISIONS_KEY: [[start, size] for start, size in
-                                zip(log.starts[1:], log.sizes[1:], strict=True)],
+                DECISIONS_KEY: [
+                    [start, size] for start, size in zip(log.starts[1:], log.sizes[1:], strict=True)
+                ],
                 PROPOSED_UNTIL_KEY: log.proposed_until,
                 STREAK_KEY: log.streak,
             }
@@ -363,14 +387,17 @@ class AdaptiveSchedule(Schedule):
         """
         keys = (VERSION_KEY, CONFIG_KEY, DECISIONS_KEY, PROPOSED_UNTIL_KEY, STREAK_KEY)
         if not isinstance(state, dict) or any(k not in state for k in keys):
-            raise ValueError(f"not an adaptive schedule state: expected keys {keys}, got "
-                             f"{state!r}")
+            raise ValueError(f"not an adaptive schedule state: expected keys {keys}, got {state!r}")
         if state[VERSION_KEY] != ADAPTIVE_STATE_VERSION:
-            raise ValueError(f"adaptive schedule state version {state[VERSION_KEY]!r} is not "
-                             f"supported; this rampup reads version {ADAPTIVE_STATE_VERSION}")
+            raise ValueError(
+                f"adaptive schedule state version {state[VERSION_KEY]!r} is not "
+                f"supported; this rampup reads version {ADAPTIVE_STATE_VERSION}"
+            )
         if state[CONFIG_KEY] != self.config:
-            raise ValueError(f"the adaptive schedule state was written by {state[CONFIG_KEY]}, "
-                             f"this schedule is {self.config}; build it with the same arguments")
+            raise ValueError(
+                f"the adaptive schedule state was written by {state[CONFIG_KEY]}, "
+                f"this schedule is {self.config}; build it with the same arguments"
+            )
         proposed_until = check_count(state[PROPOSED_UNTIL_KEY], "state proposed_until")
         streak = state[STREAK_KEY]
         if isinstance(streak, bool) or not isinstance(streak, int):
@@ -378,12 +405,15 @@ class AdaptiveSchedule(Schedule):
         starts, sizes = [0], [self.initial_size]
         for item in state[DECISIONS_KEY]:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise ValueError(f"adaptive schedule state: a decision is [start, size], got "
-                                 f"{item!r}")
+                raise ValueError(
+                    f"adaptive schedule state: a decision is [start, size], got {item!r}"
+                )
             start = check_count(item[0], "decision start")
             if start <= starts[-1] or start > proposed_until - 1 + self.lag:
-                raise ValueError(f"adaptive schedule state: decision {item!r} is out of order "
-                                 f"or past the proposals (proposed_until={proposed_until})")
+                raise ValueError(
+                    f"adaptive schedule state: decision {item!r} is out of order "
+                    f"or past the proposals (proposed_until={proposed_until})"
+                )
             starts.append(start)
             sizes.append(self.rules.check(item[1], start))
         log = self._log
@@ -407,8 +437,10 @@ class AdaptiveSchedule(Schedule):
 
     def __str__(self) -> str:
         parts = ", ".join(f"{s}: {b}" for s, b in zip(self.starts, self.sizes, strict=True))
-        return (f"AdaptiveSchedule(step -> size {{{parts}}}, decided until step "
-                f"{self.decided_until}, lag={self.lag})")
+        return (
+            f"AdaptiveSchedule(step -> size {{{parts}}}, decided until step "
+            f"{self.decided_until}, lag={self.lag})"
+        )
 
     __repr__ = __str__
 
@@ -423,12 +455,15 @@ def _estimate(noise_scale: Any, step: int) -> float | None:
     if noise_scale is None:
         return None
     if isinstance(noise_scale, bool) or not isinstance(noise_scale, numbers.Real):
-        raise TypeError(f"propose(step={step}): noise_scale must be a number or None (no "
-                        f"estimate yet), got {noise_scale!r}")
+        raise TypeError(
+            f"propose(step={step}): noise_scale must be a number or None (no "
+            f"estimate yet), got {noise_scale!r}"
+        )
     value = float(noise_scale)
     if math.isnan(value):
-        raise ValueError(f"propose(step={step}): noise_scale is NaN; pass None when there is "
-                         "no estimate")
+        raise ValueError(
+            f"propose(step={step}): noise_scale is NaN; pass None when there is no estimate"
+        )
     return value
 
 
@@ -471,8 +506,7 @@ class Follower(Iterator[Any]):
             return False
         decisions, decided_until = self._known
         schedule = self.schedule
-        return (len(schedule.decisions) != decisions
-                or self._step + self.run_ahead >= decided_until)
+        return len(schedule.decisions) != decisions or self._step + self.run_ahead >= decided_until
 
     def __next__(self) -> Any:
         iterator = self._iterator
@@ -522,5 +556,4 @@ def follow(
       An iterator over the batches from `step` on, with `step` and `get_state()`.
     """
     plan = plan if isinstance(plan, Plan) else Plan(plan)
-    return Follower(start, plan, step=step, run_ahead=run_ahead,
-                    shares_decisions=shares_decisions)
+    return Follower(start, plan, step=step, run_ahead=run_ahead, shares_decisions=shares_decisions)

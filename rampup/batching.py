@@ -40,7 +40,8 @@ def as_plan(schedule: Schedule | Plan) -> Plan:
 def check_policy(on_schedule_change: str) -> str:
     """Validates the `on_schedule_change` argument."""
     if not isinstance(on_schedule_change, str) or (
-            on_schedule_change not in SCHEDULE_CHANGE_POLICIES):
+        on_schedule_change not in SCHEDULE_CHANGE_POLICIES
+    ):
         raise ValueError(
             f"on_schedule_change={on_schedule_change!r} is not valid; valid: "
             f"{', '.join(map(repr, SCHEDULE_CHANGE_POLICIES))}"
@@ -51,8 +52,10 @@ def check_policy(on_schedule_change: str) -> str:
 def check_collate(collate: Any) -> Callable[[list[Any]], Any] | None:
     """Validates a `collate=` argument when a dataset is built, not at its first batch."""
     if collate is not None and not callable(collate):
-        raise TypeError(f"collate must be a callable that turns a list of elements into a "
-                        f"batch (or None for rampup.default_collate), got {collate!r}")
+        raise TypeError(
+            f"collate must be a callable that turns a list of elements into a "
+            f"batch (or None for rampup.default_collate), got {collate!r}"
+        )
     return collate
 
 
@@ -160,22 +163,27 @@ class RampupBatches:
         if shuffle_seed is not None:
             shuffle_seed = check_count(shuffle_seed, "shuffle_seed")
             if not self.wrap:
-                raise ValueError("shuffle_seed needs wrap=True; with wrap=False the source "
-                                 "decides the order of every epoch itself")
+                raise ValueError(
+                    "shuffle_seed needs wrap=True; with wrap=False the source "
+                    "decides the order of every epoch itself"
+                )
         self.shuffle_seed = shuffle_seed
-        self.end = None if num_epochs is None else check_count(num_epochs, "num_epochs", 1) * (
-            self.length)
+        self.end = (
+            None if num_epochs is None else check_count(num_epochs, "num_epochs", 1) * (self.length)
+        )
         if self.end is not None and self.plan.schedule.decided_until is not None:
             raise ValueError(
                 f"num_epochs={num_epochs} with a schedule decided online ({self.plan.schedule}): "
                 "the step where the data ends depends on decisions not made yet, so the "
                 "batches cannot be counted or checked up front. Pass num_epochs=None and stop "
-                "training at a step or sample budget")
+                "training at a step or sample budget"
+            )
         self.num_epochs = num_epochs
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.collate = check_collate(collate)
         self.process_index, self.process_count = self.plan.check_processes(
-            process_index, process_count, until_step=0)
+            process_index, process_count, until_step=0
+        )
         self.on_schedule_change = check_policy(on_schedule_change)
         # Fail at start-up, not when training reaches a size the processes cannot split.
         self.check_end()
@@ -196,11 +204,13 @@ class RampupBatches:
         Every full batch up to the end of the data, and the last partial one,
         whose size depends on `shift` (a restore that kept its data position).
         """
-        last = None if self.end is None else self.plan.last_batch(
-            self.end, self.drop_remainder, shift)
+        last = (
+            None if self.end is None else self.plan.last_batch(self.end, self.drop_remainder, shift)
+        )
         if last is None:
-            self.plan.check_processes(self.process_index, self.process_count,
-                                      None if self.end is None else 0)
+            self.plan.check_processes(
+                self.process_index, self.process_count, None if self.end is None else 0
+            )
             return
         step, _ = last
         self.plan.check_processes(self.process_index, self.process_count, step)
@@ -211,9 +221,14 @@ class RampupBatches:
 
         `shift` moves the whole stream (see `Plan.local_window`).
         """
-        return self.plan.local_window(step, self.process_index, self.process_count,
-                                      end=self.end, drop_remainder=self.drop_remainder,
-                                      shift=shift)
+        return self.plan.local_window(
+            step,
+            self.process_index,
+            self.process_count,
+            end=self.end,
+            drop_remainder=self.drop_remainder,
+            shift=shift,
+        )
 
     def indices(self, start: int, stop: int) -> np.ndarray:
         """The source indices of stream positions `[start, stop)`."""
@@ -267,12 +282,15 @@ class RampupBatches:
             if index < 0:
                 raise IndexError(
                     f"index {index} is negative, but the batches are endless (num_epochs=None):"
-                    " there is no last batch to count from; valid indices are 0, 1, 2, ...")
+                    " there is no last batch to count from; valid indices are 0, 1, 2, ..."
+                )
             return cast(tuple[int, int], self.window(index))  # endless: never past the end
         count = len(self)
         if count == 0:
-            raise IndexError(f"index {index}: there are no batches (drop_remainder=True and "
-                             f"fewer than {self.plan.size(0)} samples)")
+            raise IndexError(
+                f"index {index}: there are no batches (drop_remainder=True and "
+                f"fewer than {self.plan.size(0)} samples)"
+            )
         repeat, step = divmod(index, count)
         start, stop = cast(tuple[int, int], self.window(step))  # 0 <= step < len(self)
         return start + repeat * self.end, stop + repeat * self.end
@@ -329,9 +347,11 @@ class RampupBatches:
         return self.iter_from(0)
 
     def __repr__(self) -> str:
-        return (f"RampupBatches(len(source)={self.length}, schedule={self.schedule}, "
-                f"num_epochs={self.num_epochs}, process {self.process_index}/"
-                f"{self.process_count})")
+        return (
+            f"RampupBatches(len(source)={self.length}, schedule={self.schedule}, "
+            f"num_epochs={self.num_epochs}, process {self.process_index}/"
+            f"{self.process_count})"
+        )
 
 
 class BatchIterator(ScheduledIterator):
@@ -409,7 +429,8 @@ class StreamBatcher(ScheduledIterator):
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.collate = check_collate(collate) or default_collate
         self.process_index, self.process_count = self.plan.check_processes(
-            process_index, process_count)
+            process_index, process_count
+        )
         self.on_schedule_change = check_policy(on_schedule_change)
         self._step = 0
         self._shift = 0

@@ -21,8 +21,13 @@ from rampup.schedules import Schedule, from_config
 
 # GPT-3 grew its batch from 32k to 3.2M tokens over the first 4-12B tokens; this
 # is the same shape scaled down: 64 -> 1024 samples of 2048 tokens over 1M samples.
-DEFAULT_SCHEDULE = {"type": "linear", "start": 64, "increment": 64, "rampup_samples": 1_000_000,
-                    "final": 1024}
+DEFAULT_SCHEDULE = {
+    "type": "linear",
+    "start": 64,
+    "increment": 64,
+    "rampup_samples": 1_000_000,
+    "final": 1024,
+}
 DEFAULT_TOKENS_PER_SAMPLE = 2048
 DEFAULT_TOKENS = 10_000_000_000
 
@@ -36,8 +41,9 @@ def load_spec(spec: str) -> dict[str, Any]:
             raise ValueError(f"--schedule is not valid JSON: {e}") from e
     path = pathlib.Path(spec)
     if not path.is_file():
-        raise ValueError(f"--schedule {spec!r} is neither inline JSON (starting with '{{') "
-                         "nor an existing file")
+        raise ValueError(
+            f"--schedule {spec!r} is neither inline JSON (starting with '{{') nor an existing file"
+        )
     text = path.read_text()
     suffix = path.suffix.lower()
     if suffix == ".toml":
@@ -46,8 +52,10 @@ def load_spec(spec: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as e:
-            raise ValueError(f"reading {path.name} needs PyYAML, which is not installed: "
-                             "pip install pyyaml, or write the schedule as JSON or TOML") from e
+            raise ValueError(
+                f"reading {path.name} needs PyYAML, which is not installed: "
+                "pip install pyyaml, or write the schedule as JSON or TOML"
+            ) from e
         return yaml.safe_load(text)
     return json.loads(text)
 
@@ -75,14 +83,18 @@ def plot(plan: Plan, steps: int, path: str, lr: Callable[[int], float] | None = 
         xs += [seg.first_step, cast(int, seg.last_step) + 1]  # segments up to a step end
         sizes += [seg.size, seg.size]
     kind = plan.schedule.to_config().get("type", "custom")
-    title = (f"{kind} schedule: {len(segments)} segments, batch size {min(sizes)} to "
-             f"{max(sizes)} over {steps:,} steps")
-    fig, axes = plt.subplots(2 + (lr is not None), 1, sharex=True, figsize=(8, 6 + 2 * (
-        lr is not None)))
+    title = (
+        f"{kind} schedule: {len(segments)} segments, batch size {min(sizes)} to "
+        f"{max(sizes)} over {steps:,} steps"
+    )
+    fig, axes = plt.subplots(
+        2 + (lr is not None), 1, sharex=True, figsize=(8, 6 + 2 * (lr is not None))
+    )
     top, bottom = axes[0], axes[-1]
     if lr is not None:
-        axes[1].plot(xs, [lr(seg.first_step) for seg in segments for _ in (0, 1)],
-                     color="tab:green")
+        axes[1].plot(
+            xs, [lr(seg.first_step) for seg in segments for _ in (0, 1)], color="tab:green"
+        )
         axes[1].set_ylabel("learning rate")
         axes[1].grid(alpha=0.3)
     top.plot(xs, sizes, color="tab:blue")
@@ -165,21 +177,37 @@ def bench(args: argparse.Namespace) -> int:
         if importlib.util.find_spec(module) is None:
             print(f"[{suite}] skipped: {module} is not installed", file=sys.stderr)
             continue
-        print(f"[{suite}] running {module}{' --quick' if args.quick else ''} ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{suite}] running {module}{' --quick' if args.quick else ''} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             out = pathlib.Path(tmp) / "rows.json"
             # One process per suite: frameworks set up devices and threads once per process.
             cmd = [sys.executable, "-m", module, "--json", str(out)]
-            done = subprocess.run(cmd + (["--quick"] if args.quick else []),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            done = subprocess.run(
+                cmd + (["--quick"] if args.quick else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             if done.returncode != 0:
                 print(f"[{suite}] failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-                rows.append({"name": f"{suite}: failed (exit {done.returncode})", "ratio": 0.0,
-                             "target": "runs", "holds": False, "suite": suite})
+                rows.append(
+                    {
+                        "name": f"{suite}: failed (exit {done.returncode})",
+                        "ratio": 0.0,
+                        "target": "runs",
+                        "holds": False,
+                        "suite": suite,
+                    }
+                )
                 continue
-            rows += [{**r, "name": f"{suite}: {r['name']}", "suite": suite}
-                     for r in json.loads(out.read_text())]
+            rows += [
+                {**r, "name": f"{suite}: {r['name']}", "suite": suite}
+                for r in json.loads(out.read_text())
+            ]
     print(table(rows))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -199,8 +227,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rampup", description="Batch-size ramp-up for ML training.")
     sub = p.add_subparsers(dest="command")
     pre = sub.add_parser("preview", help="print a schedule's segments and totals")
-    pre.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file; default: a "
-                     "GPT-3-like linear ramp, scaled down")
+    pre.add_argument(
+        "--schedule",
+        help="inline JSON or a .json/.yaml/.toml file; default: a "
+        "GPT-3-like linear ramp, scaled down",
+    )
     budget = pre.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="budget in steps")
     budget.add_argument("--samples", type=int, help="budget in samples")
@@ -208,29 +239,56 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--tokens-per-sample", type=int, help="tokens in one sample")
     pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
     pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
-    pre.add_argument("--lr", type=float, help="add an lr column: this learning rate, tuned at "
-                     "--lr-reference-size, scaled by --lr-rule (rampup.scaled)")
-    pre.add_argument("--lr-rule", choices=tuple(RULES), default="sqrt",
-                     help="how the lr follows the batch size (default sqrt)")
-    pre.add_argument("--lr-reference-size", type=int,
-                     help="the batch size --lr was tuned for (default: the largest size)")
+    pre.add_argument(
+        "--lr",
+        type=float,
+        help="add an lr column: this learning rate, tuned at "
+        "--lr-reference-size, scaled by --lr-rule (rampup.scaled)",
+    )
+    pre.add_argument(
+        "--lr-rule",
+        choices=tuple(RULES),
+        default="sqrt",
+        help="how the lr follows the batch size (default sqrt)",
+    )
+    pre.add_argument(
+        "--lr-reference-size",
+        type=int,
+        help="the batch size --lr was tuned for (default: the largest size)",
+    )
     pre.set_defaults(run=preview)
     dem = sub.add_parser("demo", help="an end-to-end run with a resume check halfway")
-    dem.add_argument("--backend", choices=BACKENDS,
-                     help="default: jax (grain source, sharded arrays), or the NumPy core "
-                     "when jax is not installed")
-    dem.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                     help=f"steps to train (default {DEFAULT_STEPS})")
+    dem.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="default: jax (grain source, sharded arrays), or the NumPy core "
+        "when jax is not installed",
+    )
+    dem.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"steps to train (default {DEFAULT_STEPS})"
+    )
     dem.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file")
-    dem.add_argument("--adaptive", action="store_true", help="the batch size follows the "
-                     "measured gradient noise scale (backend jax or numpy; 80 steps is plenty)")
+    dem.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="the batch size follows the "
+        "measured gradient noise scale (backend jax or numpy; 80 steps is plenty)",
+    )
     dem.set_defaults(run=demo)
     ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
-    ben.add_argument("--quick", action="store_true", help="a fast smoke run, fewer repeats; "
-                     "a load-sensitive row that misses its target does not fail it")
+    ben.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast smoke run, fewer repeats; "
+        "a load-sensitive row that misses its target does not fail it",
+    )
     ben.add_argument("--json", metavar="PATH", help="also write the table as JSON")
-    ben.add_argument("--suite", action="append", choices=[s for s, _, _ in BENCH_SUITES],
-                     help="run only this suite (repeatable); default: every installed one")
+    ben.add_argument(
+        "--suite",
+        action="append",
+        choices=[s for s, _, _ in BENCH_SUITES],
+        help="run only this suite (repeatable); default: every installed one",
+    )
     ben.set_defaults(run=bench)
     return p
 

@@ -83,28 +83,35 @@ def _leaf_mismatch(leaves: Sequence[Any]) -> int:
 def _same_text_kind(leaves: Sequence[Any]) -> bool:
     """All leaves are NumPy strings (or all bytes) of one shape, whatever their widths."""
     first = leaves[0]
-    return all(isinstance(leaf, (np.ndarray, np.generic)) and leaf.dtype.kind == first.dtype.kind
-               and leaf.shape == first.shape for leaf in leaves)
+    return all(
+        isinstance(leaf, (np.ndarray, np.generic))
+        and leaf.dtype.kind == first.dtype.kind
+        and leaf.shape == first.shape
+        for leaf in leaves
+    )
 
 
-def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple,
-           allocate: Allocate | None = None) -> Any:
+def _stack(
+    leaves: Sequence[Any], elements: Sequence[Any], path: tuple, allocate: Allocate | None = None
+) -> Any:
     first = leaves[0]
     if isinstance(first, Mapping):
         keys = first.keys()
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Mapping) or leaf.keys() != keys:
                 raise _mismatch(elements, i, path, "different keys")
-        out = {k: _stack([leaf[k] for leaf in leaves], elements, (*path, k), allocate)
-               for k in keys}
+        out = {
+            k: _stack([leaf[k] for leaf in leaves], elements, (*path, k), allocate) for k in keys
+        }
         return mapping_like(first, out)
     if isinstance(first, (list, tuple)):
         kind, n = type(first), len(first)
         for i, leaf in enumerate(leaves):
             if type(leaf) is not kind or len(leaf) != n:
                 raise _mismatch(elements, i, path, "different structure")
-        parts = [_stack([leaf[j] for leaf in leaves], elements, (*path, j), allocate)
-                 for j in range(n)]
+        parts = [
+            _stack([leaf[j] for leaf in leaves], elements, (*path, j), allocate) for j in range(n)
+        ]
         return kind(*parts) if hasattr(first, "_fields") else kind(parts)
     if isinstance(first, (np.ndarray, np.generic)):
         try:
@@ -128,10 +135,15 @@ def _stack(leaves: Sequence[Any], elements: Sequence[Any], path: tuple,
             if type(leaf) is not kind:
                 raise _mismatch(elements, i, path, "different dataclass")
         fields = [f.name for f in dataclasses.fields(first) if f.init]
-        return dataclasses.replace(first, **{
-            name: _stack([getattr(leaf, name) for leaf in leaves], elements, (*path, name),
-                         allocate)
-            for name in fields})
+        return dataclasses.replace(
+            first,
+            **{
+                name: _stack(
+                    [getattr(leaf, name) for leaf in leaves], elements, (*path, name), allocate
+                )
+                for name in fields
+            },
+        )
     if isinstance(first, _SCALARS):
         scalar_type = type(first)
         for i, leaf in enumerate(leaves):

@@ -29,8 +29,13 @@ SEQUENCE_LENGTH = 32
 NUM_SAMPLES = 4096
 SEED = 0
 BACKENDS = ("jax", "grain", "torch", "tf", "numpy")
-_NEEDS = {"jax": ("jax", "grain"), "grain": ("grain",), "torch": ("torch",),
-          "tf": ("tensorflow",), "numpy": ()}
+_NEEDS = {
+    "jax": ("jax", "grain"),
+    "grain": ("grain",),
+    "torch": ("torch",),
+    "tf": ("tensorflow",),
+    "numpy": (),
+}
 
 
 def make_example(index: int) -> dict[str, np.ndarray]:
@@ -152,9 +157,14 @@ def build_jax(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     platform = jax.local_devices()[0].platform
     simulated = " (simulated)" if platform == "cpu" and len(jax.local_devices()) > 1 else ""
     compiles = cast(Any, update)._cache_size  # jax's count of compiled shapes
-    return Pipeline(batches, step, lambda _: batches.get_state(), compiles=compiles,
-                    devices=f"{len(jax.local_devices())} {platform} devices{simulated}",
-                    close=batches.close)
+    return Pipeline(
+        batches,
+        step,
+        lambda _: batches.get_state(),
+        compiles=compiles,
+        devices=f"{len(jax.local_devices())} {platform} devices{simulated}",
+        close=batches.close,
+    )
 
 
 def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
@@ -163,6 +173,7 @@ def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     from torch.utils.data import DataLoader
 
     from rampup.adapters.torch import RampupIterableDataset
+
     dataset = RampupIterableDataset(SyntheticDataset(), schedule, shuffle=True, seed=SEED)
     if state is not None:
         dataset.load_state_dict(state)
@@ -170,8 +181,9 @@ def build_torch(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def step(batch: dict[str, Any]) -> float:
-        loss = torch.nn.functional.mse_loss(model(batch["tokens"].float() / 1000),
-                                            batch["targets"].float() / 1000)
+        loss = torch.nn.functional.mse_loss(
+            model(batch["tokens"].float() / 1000), batch["targets"].float() / 1000
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -207,9 +219,13 @@ def build_tf(schedule: Schedule, state: dict[str, Any] | None) -> Pipeline:
         w.assign_sub(0.1 * tf.transpose(x) @ err / tf.cast(tf.shape(x)[0], tf.float32))
         return tf.reduce_mean(err**2)
 
-    return Pipeline(iter(dataset), lambda batch: float(update(batch)),
-                    lambda step: batches.iter_from(step).get_state(),
-                    compiles=update.experimental_get_tracing_count, devices="the host (tf.data)")
+    return Pipeline(
+        iter(dataset),
+        lambda batch: float(update(batch)),
+        lambda step: batches.iter_from(step).get_state(),
+        compiles=update.experimental_get_tracing_count,
+        devices="the host (tf.data)",
+    )
 
 
 BUILDERS: dict[str, Callable[[Schedule, dict[str, Any] | None], Pipeline]] = {
@@ -247,9 +263,14 @@ def run(backend: str, steps: int, schedule: Schedule, out: Any = sys.stdout) -> 
         samples += size
         if step >= half:
             first_run.append(digest(batch))
-        info = {"step": step, "batch": size, "samples": samples,
-                "tokens": samples * SEQUENCE_LENGTH, "compiles": pipeline.compiles(),
-                "loss": f"{loss:.4f}"}
+        info = {
+            "step": step,
+            "batch": size,
+            "samples": samples,
+            "tokens": samples * SEQUENCE_LENGTH,
+            "compiles": pipeline.compiles(),
+            "loss": f"{loss:.4f}",
+        }
         if bar:
             bar.set_postfix(info, refresh=False)
             bar.update()
@@ -263,17 +284,30 @@ def run(backend: str, steps: int, schedule: Schedule, out: Any = sys.stdout) -> 
     second_run = [digest(next(resumed.batches)) for _ in range(steps - half)]
     resumed.close()
     identical = second_run == first_run
-    summary = {"backend": backend, "devices": pipeline.devices, "steps": steps,
-               "samples": samples, "tokens": samples * SEQUENCE_LENGTH,
-               "distinct_sizes": len(plan.distinct_sizes(steps)), "compiles": compiles,
-               "resume_step": half, "resume_identical": identical, "final_loss": loss}
-    print(f"backend {backend} on {pipeline.devices}: {steps} steps, {samples:,} samples, "
-          f"{samples * SEQUENCE_LENGTH:,} tokens; {summary['distinct_sizes']} distinct batch "
-          f"sizes (Plan.distinct_sizes), {compiles} compilations", file=out)
+    summary = {
+        "backend": backend,
+        "devices": pipeline.devices,
+        "steps": steps,
+        "samples": samples,
+        "tokens": samples * SEQUENCE_LENGTH,
+        "distinct_sizes": len(plan.distinct_sizes(steps)),
+        "compiles": compiles,
+        "resume_step": half,
+        "resume_identical": identical,
+        "final_loss": loss,
+    }
+    print(
+        f"backend {backend} on {pipeline.devices}: {steps} steps, {samples:,} samples, "
+        f"{samples * SEQUENCE_LENGTH:,} tokens; {summary['distinct_sizes']} distinct batch "
+        f"sizes (Plan.distinct_sizes), {compiles} compilations",
+        file=out,
+    )
     print(f"resume: state saved at step {half} as JSON {json.dumps(saved)}", file=out)
-    print(f"resume: rebuilt pipeline continues "
-          f"{'IDENTICALLY' if identical else 'DIFFERENTLY'} over steps {half}..{steps - 1}",
-          file=out)
+    print(
+        f"resume: rebuilt pipeline continues "
+        f"{'IDENTICALLY' if identical else 'DIFFERENTLY'} over steps {half}..{steps - 1}",
+        file=out,
+    )
     return summary
 
 
@@ -281,20 +315,29 @@ def main(backend: str | None, steps: int, spec: dict[str, Any] | None) -> int:
     """Runs the demo on `backend` (default jax, falling back to the NumPy core)."""
     schedule = from_config(spec or DEFAULT_SCHEDULE)
     chosen = backend or "jax"
-    if chosen == "jax" and "jax" not in sys.modules and "device_count" not in os.environ.get(
-            "XLA_FLAGS", ""):
+    if (
+        chosen == "jax"
+        and "jax" not in sys.modules
+        and "device_count" not in os.environ.get("XLA_FLAGS", "")
+    ):
         # A CPU-only machine has one device; simulate 8 so that the sharding shows.
         # Accelerators are unaffected: the flag applies to the host platform only.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                                   "--xla_force_host_platform_device_count=8").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip()
     steps = check_count(steps, "--steps", 2)
     missing = [m for m in _NEEDS[chosen] if importlib.util.find_spec(m) is None]
     if missing:
         if backend is not None:
-            raise ValueError(f"backend {chosen!r} needs {', '.join(missing)}, which is not "
-                             f"installed: pip install 'rampup[{chosen}]'")
-        print(f"rampup demo: {', '.join(missing)} not installed (pip install 'rampup[demo]'); "
-              "running on the NumPy core instead", file=sys.stderr)
+            raise ValueError(
+                f"backend {chosen!r} needs {', '.join(missing)}, which is not "
+                f"installed: pip install 'rampup[{chosen}]'"
+            )
+        print(
+            f"rampup demo: {', '.join(missing)} not installed (pip install 'rampup[demo]'); "
+            "running on the NumPy core instead",
+            file=sys.stderr,
+        )
         chosen = "numpy"
     summary = run(chosen, steps, schedule)
     return 0 if summary["resume_identical"] else 1

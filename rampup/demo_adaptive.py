@@ -38,8 +38,9 @@ BACKENDS = ("jax", "numpy")
 
 def make_schedule() -> AdaptiveSchedule:
     """From 16 to at most 1024 samples, doubling after 4 proposals above the next size."""
-    return AdaptiveSchedule(16, multiple_of=DEVICES, max_size=1024, lag=4,
-                            policy=GrowthPolicy(factor=2, patience=4))
+    return AdaptiveSchedule(
+        16, multiple_of=DEVICES, max_size=1024, lag=4, policy=GrowthPolicy(factor=2, patience=4)
+    )
 
 
 def make_source() -> np.ndarray:
@@ -59,13 +60,20 @@ def numpy_step(params: np.ndarray, velocity: np.ndarray, batch: np.ndarray) -> t
     """SGD with momentum; the per-device gradients of 8 equal shards give the norms."""
     x, y = batch[:, :FEATURES], batch[:, FEATURES]
     residual = x @ params - y
-    shards = [(xs.T @ rs) / len(rs) for xs, rs in
-              zip(np.split(x, DEVICES), np.split(residual, DEVICES), strict=True)]
+    shards = [
+        (xs.T @ rs) / len(rs)
+        for xs, rs in zip(np.split(x, DEVICES), np.split(residual, DEVICES), strict=True)
+    ]
     grad = np.mean(shards, axis=0)
     small = float(np.mean([s @ s for s in shards]))
     velocity = MOMENTUM * velocity + grad
-    return (params - LEARNING_RATE * velocity, velocity, float(0.5 * np.mean(residual**2)),
-            small, float(grad @ grad))
+    return (
+        params - LEARNING_RATE * velocity,
+        velocity,
+        float(0.5 * np.mean(residual**2)),
+        small,
+        float(grad @ grad),
+    )
 
 
 @dataclass
@@ -103,8 +111,7 @@ def jax_backend() -> Backend:
         return np.asarray(params), np.asarray(velocity), float(loss), float(small), float(big)
 
     sharding = batch_sharding(mesh)
-    return Backend(run, lambda iterator: device_batches(iterator, sharding, prefetch=2),
-                   np.asarray)
+    return Backend(run, lambda iterator: device_batches(iterator, sharding, prefetch=2), np.asarray)
 
 
 def _floats(values: np.ndarray) -> list[str]:
@@ -115,8 +122,14 @@ def _array(texts: list[str]) -> np.ndarray:
     return np.array([float.fromhex(t) for t in texts], dtype=np.float32)
 
 
-def train(backend: Backend, source: np.ndarray, first: int, last: int,
-          state: dict[str, Any] | None, save_at: int | None) -> tuple[list, dict | None]:
+def train(
+    backend: Backend,
+    source: np.ndarray,
+    first: int,
+    last: int,
+    state: dict[str, Any] | None,
+    save_at: int | None,
+) -> tuple[list, dict | None]:
     """Trains steps `[first, last)` from `state` (None: from scratch).
 
     Returns:
@@ -137,10 +150,17 @@ def train(backend: Backend, source: np.ndarray, first: int, last: int,
     try:
         for step in range(first, last):
             if step == save_at:
-                saved = json.loads(json.dumps({
-                    "data": batches.get_state(), "schedule": schedule.get_state(),
-                    "noise": noise.get_state(), "params": _floats(params),
-                    "velocity": _floats(velocity)}))
+                saved = json.loads(
+                    json.dumps(
+                        {
+                            "data": batches.get_state(),
+                            "schedule": schedule.get_state(),
+                            "noise": noise.get_state(),
+                            "params": _floats(params),
+                            "velocity": _floats(velocity),
+                        }
+                    )
+                )
             batch = next(batches)
             host = backend.to_numpy(batch)
             params, velocity, loss, small, big = backend.step(params, velocity, batch)
@@ -149,8 +169,10 @@ def train(backend: Backend, source: np.ndarray, first: int, last: int,
             decision = schedule.propose(step, estimate)
             records.append((step, size, digest(host), decision))
             if decision is not None:
-                print(f"  step {step:3d}  noise scale {decision.noise_scale:8.1f}  -> size "
-                      f"{decision.size} from step {decision.start}  (loss {loss:.4f})")
+                print(
+                    f"  step {step:3d}  noise scale {decision.noise_scale:8.1f}  -> size "
+                    f"{decision.size} from step {decision.start}  (loss {loss:.4f})"
+                )
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
@@ -163,11 +185,15 @@ def main(backend: str | None = None, steps: int = STEPS) -> int:
     chosen = backend or ("jax" if importlib.util.find_spec("jax") else "numpy")
     if chosen not in BACKENDS:
         raise ValueError(f"--adaptive runs on {', '.join(BACKENDS)}, not {chosen!r}")
-    if chosen == "jax" and "jax" not in sys.modules and "device_count" not in os.environ.get(
-            "XLA_FLAGS", ""):
+    if (
+        chosen == "jax"
+        and "jax" not in sys.modules
+        and "device_count" not in os.environ.get("XLA_FLAGS", "")
+    ):
         # A CPU-only machine has one device; simulate 8 so that the norms are per device.
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                                   f"--xla_force_host_platform_device_count={DEVICES}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
+        ).strip()
     runner = jax_backend() if chosen == "jax" else Backend(numpy_step)
     source = make_source()
     half = steps // 2
@@ -175,18 +201,25 @@ def main(backend: str | None = None, steps: int = STEPS) -> int:
     print("decisions (made at a step, applied lag steps later):")
     records, saved = train(runner, source, 0, steps, None, half)
     assert saved is not None
-    print(f"saved the data, schedule, estimator and optimizer state before step {half}; "
-          "rebuilt everything from it; the second half again:")
+    print(
+        f"saved the data, schedule, estimator and optimizer state before step {half}; "
+        "rebuilt everything from it; the second half again:"
+    )
     replayed, _ = train(runner, source, half, steps, saved, None)
     sizes = sorted({size for _, size, _, _ in records})
     print(f"sizes used: {sizes}")
     if replayed != records[half:]:
-        diverged = next(i for i, (a, b) in enumerate(zip(replayed, records[half:],
-                                                          strict=False)) if a != b)
-        print(f"RESUME CHECK FAILED at step {half + diverged}: {replayed[diverged]} != "
-              f"{records[half + diverged]}")
+        diverged = next(
+            i for i, (a, b) in enumerate(zip(replayed, records[half:], strict=False)) if a != b
+        )
+        print(
+            f"RESUME CHECK FAILED at step {half + diverged}: {replayed[diverged]} != "
+            f"{records[half + diverged]}"
+        )
         return 1
     decisions = sum(r[3] is not None for r in records[half:])
-    print(f"resume check passed: steps {half}..{steps - 1} replayed identically "
-          f"({decisions} decisions, {steps - half} batches)")
+    print(
+        f"resume check passed: steps {half}..{steps - 1} replayed identically "
+        f"({decisions} decisions, {steps - half} batches)"
+    )
     return 0

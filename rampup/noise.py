@@ -50,7 +50,8 @@ def _text_float(text: Any, what: str) -> float:
         return float.fromhex(text)
     except ValueError:
         raise ValueError(
-            f"noise scale state: {what}={text!r} is not a float.hex() string") from None
+            f"noise scale state: {what}={text!r} is not a float.hex() string"
+        ) from None
 
 
 class NoiseScale:
@@ -95,14 +96,16 @@ class NoiseScale:
         big = _finite(big_sq_norm, "big_sq_norm")
         if small < 0 or big < 0:
             raise ValueError(
-                f"squared norms are >= 0, got small_sq_norm={small}, big_sq_norm={big}")
+                f"squared norms are >= 0, got small_sq_norm={small}, big_sq_norm={big}"
+            )
         b_small = check_size(small_size, "small_size")
         b_big = check_size(big_size, "big_size")
         if b_big <= b_small:
             raise ValueError(
                 f"big_size={b_big} must be larger than small_size={b_small}: the estimator "
                 "compares a gradient over few samples with one over more (e.g. one device's "
-                "and the all-reduced one)")
+                "and the all-reduced one)"
+            )
         sq_norm = (b_big * big - b_small * small) / (b_big - b_small)
         trace = (small - big) / (1.0 / b_small - 1.0 / b_big)
         self._sq_norm = self.beta * self._sq_norm + (1.0 - self.beta) * sq_norm
@@ -158,12 +161,16 @@ class NoiseScale:
         if not isinstance(state, dict) or any(k not in state for k in keys):
             raise ValueError(f"not a noise scale state: expected keys {keys}, got {state!r}")
         if state[VERSION_KEY] != NOISE_STATE_VERSION:
-            raise ValueError(f"noise scale state version {state[VERSION_KEY]!r} is not "
-                             f"supported; this rampup reads version {NOISE_STATE_VERSION}")
+            raise ValueError(
+                f"noise scale state version {state[VERSION_KEY]!r} is not "
+                f"supported; this rampup reads version {NOISE_STATE_VERSION}"
+            )
         beta = _text_float(state[BETA_KEY], BETA_KEY)
         if beta != self.beta:
-            raise ValueError(f"the noise scale state was written with beta={beta}, this "
-                             f"estimator has beta={self.beta}; build it with beta={beta}")
+            raise ValueError(
+                f"the noise scale state was written with beta={beta}, this "
+                f"estimator has beta={self.beta}; build it with beta={beta}"
+            )
         count = check_count(state[COUNT_KEY], "noise scale state count")
         sq_norm = _text_float(state[SQ_NORM_KEY], SQ_NORM_KEY)
         trace = _text_float(state[TRACE_KEY], TRACE_KEY)

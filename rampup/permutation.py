@@ -56,8 +56,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
 def _seed_keys(seed: int) -> np.ndarray:
     """One uint64 key per round plus one for the epoch, from any seed >= 0."""
     data = seed.to_bytes(max(8, (seed.bit_length() + 7) // 8), "little")
-    digest = hashlib.blake2b(data, digest_size=8 * (ROUNDS + 1),
-                             person=b"rampup.shuffle").digest()
+    digest = hashlib.blake2b(data, digest_size=8 * (ROUNDS + 1), person=b"rampup.shuffle").digest()
     keys = np.frombuffer(digest, dtype="<u8").astype(_U64)
     keys.flags.writeable = False
     return keys
@@ -73,14 +72,16 @@ def _halves(length: int) -> tuple[int, int]:
     return a, -(-length // a)
 
 
-def _round(half: np.ndarray, epoch_key: np.ndarray, seed_key: np.uint64,
-           modulus: np.uint64) -> np.ndarray:
+def _round(
+    half: np.ndarray, epoch_key: np.ndarray, seed_key: np.uint64, modulus: np.uint64
+) -> np.ndarray:
     """The round function: a pseudo-random value in `[0, modulus)` from (half, key)."""
     return _mix(half ^ (epoch_key + seed_key)) % modulus
 
 
-def _network(x: np.ndarray, epoch_key: np.ndarray, seed: int, length: int,
-             inverse: bool) -> np.ndarray:
+def _network(
+    x: np.ndarray, epoch_key: np.ndarray, seed: int, length: int, inverse: bool
+) -> np.ndarray:
     """One pass through the Feistel network (or its inverse) over `[0, a * b)`."""
     keys = _seed_keys(seed)
     a, b = (_U64(h) for h in _halves(length))
@@ -98,8 +99,9 @@ def _network(x: np.ndarray, epoch_key: np.ndarray, seed: int, length: int,
     return left * b + right
 
 
-def _walk(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int,
-          inverse: bool) -> np.ndarray:
+def _walk(
+    index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int, inverse: bool
+) -> np.ndarray:
     length = check_count(length, "length", 1)
     if length > MAX_LENGTH:
         raise ValueError(f"length {length} is above the largest supported, 2**62")
@@ -107,8 +109,9 @@ def _walk(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int,
     if index.dtype.kind not in "iu":
         raise TypeError(f"indices must be integers, got dtype {index.dtype}")
     if index.size and (index.min() < 0 or index.max() >= length):
-        raise ValueError(f"indices must lie in [0, {length}), got values from "
-                         f"{index.min()} to {index.max()}")
+        raise ValueError(
+            f"indices must lie in [0, {length}), got values from {index.min()} to {index.max()}"
+        )
     epoch = np.broadcast_to(np.asarray(epoch), index.shape)
     if epoch.dtype.kind not in "iu" or (epoch.size and epoch.min() < 0):
         raise ValueError("epochs must be integers >= 0")

@@ -102,11 +102,12 @@ class Plan:
         if self.schedule.revision != self._revision:
             with self._lock:
                 revision, starts, sizes, decided_until = self.schedule.snapshot()
-                if list(starts[:len(self._starts)]) != self._starts:  # restored: start over
+                if list(starts[: len(self._starts)]) != self._starts:  # restored: start over
                     Plan.__init__(self, self.schedule)
                     return self._sync(step)
-                for start, size in zip(starts[len(self._starts):], sizes[len(self._starts):],
-                                       strict=True):
+                for start, size in zip(
+                    starts[len(self._starts) :], sizes[len(self._starts) :], strict=True
+                ):
                     steps = start - self._starts[-1]
                     self._offsets.append(self._offsets[-1] + steps * self._sizes[-1])
                     self._sizes.append(size)
@@ -133,7 +134,8 @@ class Plan:
         with self._lock:  # grain and torch may build batches from several threads
             while self._known <= step:
                 if self._vectorized is not False and self._grow_vectorized(
-                        min(max_step, self._known + FN_CHUNK)):
+                    min(max_step, self._known + FN_CHUNK)
+                ):
                     continue
                 self._grow_scalar(step if self._vectorized is False else self._known)
 
@@ -174,9 +176,13 @@ class Plan:
         try:
             with np.errstate(all="ignore"):
                 sizes: Any = fn(steps)  # type: ignore[arg-type]  # tried with an array
-            ok = (isinstance(sizes, np.ndarray) and sizes.shape == steps.shape
-                  and sizes.dtype.kind in "iu"
-                  and fn(start) == sizes[0] and fn(stop - 1) == sizes[-1])
+            ok = (
+                isinstance(sizes, np.ndarray)
+                and sizes.shape == steps.shape
+                and sizes.dtype.kind in "iu"
+                and fn(start) == sizes[0]
+                and fn(stop - 1) == sizes[-1]
+            )
         except Exception:  # noqa: BLE001 -- any failure means: call it per step
             ok = False
         if not ok:
@@ -289,14 +295,19 @@ class Plan:
                 remainder = end - global_start
                 if remainder % process_count:
                     raise not_divisible(
-                        remainder, process_count, f"in the last batch (step {step}, cut "
+                        remainder,
+                        process_count,
+                        f"in the last batch (step {step}, cut "
                         f"short by the end of the data at position {end})",
                         f"process_count={process_count}",
                         "pass drop_remainder=True, or a source length that leaves a "
-                        "divisible remainder")
+                        "divisible remainder",
+                    )
                 share = remainder // process_count
-                return (global_start + process_index * share,
-                        global_start + (process_index + 1) * share)
+                return (
+                    global_start + process_index * share,
+                    global_start + (process_index + 1) * share,
+                )
         start, stop = self.local_bounds(step, process_index, process_count)
         return start + shift, stop + shift
 
@@ -345,8 +356,7 @@ class Plan:
           ValueError: the size is not a multiple of `microbatch_size * process_count`,
             naming the step and the nearest valid sizes.
         """
-        return microbatch_count(self.size(step), f"at step {step}", microbatch_size,
-                                process_count)
+        return microbatch_count(self.size(step), f"at step {step}", microbatch_size, process_count)
 
     def check_microbatches(
         self, microbatch_size: int, process_count: int = 1, until_step: int | None = None
@@ -365,8 +375,9 @@ class Plan:
         process_count = check_count(process_count, "process_count", 1)
         if until_step is not None or self.schedule.segmented:
             for segment in self.segments(until_step):
-                microbatch_count(segment.size, f"at step {segment.first_step}",
-                                 microbatch_size, process_count)
+                microbatch_count(
+                    segment.size, f"at step {segment.first_step}", microbatch_size, process_count
+                )
         return microbatch_size
 
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
@@ -464,8 +475,7 @@ class Plan:
         rows = [head]
         for seg in self.segments(steps):
             samples = cast(int, seg.samples)  # every segment up to a step ends
-            row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}",
-                   f"{samples:,}"]
+            row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}", f"{samples:,}"]
             if tokens_per_sample:
                 row.append(f"{samples * tokens_per_sample:,}")
             row.append(f"{100 * samples / total:.2f}%" if total else "-")
@@ -497,8 +507,12 @@ def _share(size: int, step: int, process_count: int) -> int:
     """One process's rows of a batch of `size` at `step`; raises if they cannot be equal."""
     if size % process_count:
         raise not_divisible(
-            size, process_count, f"at step {step}", f"process_count={process_count}",
-            f"build the schedule with multiple_of={process_count} to catch this up front")
+            size,
+            process_count,
+            f"at step {step}",
+            f"process_count={process_count}",
+            f"build the schedule with multiple_of={process_count} to catch this up front",
+        )
     return size // process_count
 
 
@@ -518,7 +532,8 @@ def not_divisible(size: int, divisor: int, where: str, what: str, fix: str) -> V
     valid = ", ".join(map(str, nearest_multiples(size, divisor)))
     return ValueError(
         f"batch size {size} {where} is not divisible by {what}; every size must be a multiple "
-        f"of {divisor} (nearest valid sizes: {valid}); {fix}")
+        f"of {divisor} (nearest valid sizes: {valid}); {fix}"
+    )
 
 
 class WorkerStride(NamedTuple):
@@ -541,8 +556,9 @@ class WorkerStride(NamedTuple):
         count = check_count(count, "worker_count", 1)
         index = check_count(index, "worker_index")
         if index >= count:
-            raise ValueError(f"worker_index={index} is not valid for worker_count={count}; "
-                             f"valid: 0..{count - 1}")
+            raise ValueError(
+                f"worker_index={index} is not valid for worker_count={count}; valid: 0..{count - 1}"
+            )
         return cls(start, index, count)
 
     def step(self, n: int) -> int:
@@ -556,12 +572,16 @@ class WorkerStride(NamedTuple):
             raise ValueError(
                 f"step {step} is not built by worker {self.index} of {self.count} in an "
                 f"iteration that started at step {self.start} (its steps: {first}, "
-                f"{first + self.count}, ...); restore a state this worker wrote")
+                f"{first + self.count}, ...); restore a state this worker wrote"
+            )
         return (step - first) // self.count
 
 
 def microbatch_count(
-    size: int, where: str, microbatch_size: int, process_count: int = 1,
+    size: int,
+    where: str,
+    microbatch_size: int,
+    process_count: int = 1,
     fix: str | None = None,
 ) -> int:
     """`size / (microbatch_size * process_count)`: the micro-batches per process of a batch.
@@ -581,14 +601,17 @@ def microbatch_count(
         what = f"microbatch_size={microbatch_size}"
         if process_count > 1:
             what += f" x process_count={process_count}"
-        raise not_divisible(size, unit, where, what, fix or (
-            f"build the schedule with multiple_of={unit} to catch this up front"))
+        raise not_divisible(
+            size,
+            unit,
+            where,
+            what,
+            fix or (f"build the schedule with multiple_of={unit} to catch this up front"),
+        )
     return size // unit
 
 
-def budget_samples(
-    samples: int | None, tokens: int | None, tokens_per_sample: int | None
-) -> int:
+def budget_samples(samples: int | None, tokens: int | None, tokens_per_sample: int | None) -> int:
     """A budget in samples, from samples or from tokens and tokens per sample."""
     if (samples is None) == (tokens is None):
         raise ValueError("give exactly one budget: samples=... or tokens=...")

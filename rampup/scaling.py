@@ -79,7 +79,8 @@ class Scaling:
             raise ValueError(
                 f"{self.plan.schedule} is decided online: a compiled graph would keep only the "
                 "decisions made so far. Compute rampup.scaled(...)(step) on the host at each "
-                "step and pass the value in (optax.inject_hyperparams, the optimizer's lr)")
+                "step and pass the value in (optax.inject_hyperparams, the optimizer's lr)"
+            )
         if not self.plan.schedule.segmented:
             raise ValueError(
                 "a from_fn schedule has no segments to look up in a compiled graph; write it "
@@ -154,7 +155,8 @@ def resolve(
         if plan.schedule.decided_until is not None:
             raise ValueError(
                 f"{plan.schedule} is decided online and has no largest size known in advance: "
-                "pass reference_size, the batch size base was tuned for")
+                "pass reference_size, the batch size base was tuned for"
+            )
         if not plan.schedule.segmented:
             raise ValueError(
                 "a from_fn schedule has no known largest size: pass "

@@ -68,8 +68,9 @@ def check_flag(value: Any, what: str) -> bool:
     `"false"` is truthy in Python: reading it as a flag would silently do the opposite.
     """
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{what} must be a bool (True or False), got {value!r} of type "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"{what} must be a bool (True or False), got {value!r} of type {type(value).__name__}"
+        )
     return bool(value)
 
 
@@ -145,9 +146,13 @@ class Rules:
         if size % self.multiple_of:
             from rampup.plan import not_divisible  # plan imports this module
 
-            raise not_divisible(size, self.multiple_of, f"at step {step}",
-                                f"multiple_of={self.multiple_of}",
-                                "change the schedule to one of them")
+            raise not_divisible(
+                size,
+                self.multiple_of,
+                f"at step {step}",
+                f"multiple_of={self.multiple_of}",
+                "change the schedule to one of them",
+            )
         if size < self.min_size:
             raise ValueError(f"batch size {size} at step {step} is below min_size={self.min_size}")
         if self.max_size is not None and size > self.max_size:
@@ -192,30 +197,38 @@ class Schedule:
         if not isinstance(self.rules, Rules):
             raise TypeError(f"Schedule rules must be a Rules, got {self.rules!r}")
         if not isinstance(self.config, str):
-            raise TypeError(f"Schedule config must be the JSON text of its description, "
-                            f"got {self.config!r}")
+            raise TypeError(
+                f"Schedule config must be the JSON text of its description, got {self.config!r}"
+            )
         if self.fn is not None:
             if not callable(self.fn):
                 raise TypeError(f"Schedule fn {self.fn!r} is not callable")
             if self.starts != (0,) or self.sizes != ():
-                raise ValueError("a Schedule with fn has no segments: starts=(0,), sizes=(); "
-                                 "build it with rampup.from_fn")
+                raise ValueError(
+                    "a Schedule with fn has no segments: starts=(0,), sizes=(); "
+                    "build it with rampup.from_fn"
+                )
             if not isinstance(self.name, str) or not self.name:
                 raise ValueError("a Schedule with fn needs a name; build it with rampup.from_fn")
             check_count(self.max_step, "Schedule max_step", 1)
             return
         if not isinstance(self.starts, tuple) or not isinstance(self.sizes, tuple):
-            raise TypeError("Schedule starts and sizes are tuples of ints; build a schedule "
-                            "with constant, stepwise, piecewise, linear or from_config")
+            raise TypeError(
+                "Schedule starts and sizes are tuples of ints; build a schedule "
+                "with constant, stepwise, piecewise, linear or from_config"
+            )
         if not self.starts or len(self.starts) != len(self.sizes):
-            raise ValueError(f"Schedule needs one size per segment start, got starts="
-                             f"{self.starts} and sizes={self.sizes}")
+            raise ValueError(
+                f"Schedule needs one size per segment start, got starts="
+                f"{self.starts} and sizes={self.sizes}"
+            )
         previous = -1
         for start, size in zip(self.starts, self.sizes, strict=True):
             start = check_count(start, "Schedule segment start")
             if previous < 0 and start != 0:
-                raise ValueError(f"Schedule segments must start at step 0, got starts="
-                                 f"{self.starts}")
+                raise ValueError(
+                    f"Schedule segments must start at step 0, got starts={self.starts}"
+                )
             if start <= previous:
                 raise ValueError(f"Schedule segment starts must increase, got {self.starts}")
             self.rules.check(size, start)
@@ -246,8 +259,9 @@ class Schedule:
     def fingerprint(self) -> str:
         """A short stable string that identifies the schedule in checkpoint states."""
         if self.fn is not None:
-            text = json.dumps({"type": "fn", "name": self.name, **self.rules.config()},
-                              sort_keys=True)
+            text = json.dumps(
+                {"type": "fn", "name": self.name, **self.rules.config()}, sort_keys=True
+            )
         else:
             text = self.config
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -276,8 +290,9 @@ class Schedule:
 
     def undecided(self, step: int, decided_until: int) -> Exception:
         """The error for a size asked at `step`, which is not decided yet."""
-        return ValueError(f"the batch size at step {step} is not decided yet "
-                          f"(steps < {decided_until} are)")
+        return ValueError(
+            f"the batch size at step {step} is not decided yet (steps < {decided_until} are)"
+        )
 
     def __str__(self) -> str:
         if self.fn is not None:
@@ -425,9 +440,7 @@ def piecewise(sizes: _Sizes, **options: Any) -> Schedule:
     return _build("piecewise", thresholds, params, **options)
 
 
-def linear(
-    start: int, increment: int, rampup_samples: int, final: int, **options: Any
-) -> Schedule:
+def linear(start: int, increment: int, rampup_samples: int, final: int, **options: Any) -> Schedule:
     """Megatron-LM's `--rampup-batch-size start increment rampup_samples`.
 
     Args:
@@ -461,8 +474,12 @@ def linear(
             f"of at least {-(-(final - start) // (LINEAR_MAX_SIZES - 1)):,} that divides "
             f"final - start = {final - start:,}"
         )
-    params = {"start": start, "increment": increment, "rampup_samples": rampup_samples,
-              "final": final}
+    params = {
+        "start": start,
+        "increment": increment,
+        "rampup_samples": rampup_samples,
+        "final": final,
+    }
     if n == 0 or rampup_samples == 0:
         thresholds = [(0, final)]
     else:
@@ -471,13 +488,18 @@ def linear(
         thresholds.append((rampup_samples, final))
     unit = options.pop("unit", "samples")
     if unit != "samples" or "tokens_per_sample" in options:
-        raise ValueError(f"linear: the ramp counts samples; unit={unit!r} and "
-                         "tokens_per_sample are not options of linear")
+        raise ValueError(
+            f"linear: the ramp counts samples; unit={unit!r} and "
+            "tokens_per_sample are not options of linear"
+        )
     return _build("linear", thresholds, params, unit="samples", **options)
 
 
 def from_fn(
-    fn: Callable[[int], int], *, name: str | None = None, max_step: int = FN_MAX_STEP,
+    fn: Callable[[int], int],
+    *,
+    name: str | None = None,
+    max_step: int = FN_MAX_STEP,
     **options: Any,
 ) -> Schedule:
     """Any callable `step -> size`, checked at each step it is asked for.
@@ -521,13 +543,13 @@ def _stable_name(fn: Callable[[int], int]) -> str:
     """`module.qualname` of a module-level function; anything else must be named."""
     qualname = getattr(fn, "__qualname__", None)
     module = getattr(fn, "__module__", None)
-    if (not isinstance(fn, types.FunctionType) or not qualname or not module
-            or "<" in qualname):
+    if not isinstance(fn, types.FunctionType) or not qualname or not module or "<" in qualname:
         raise ValueError(
             f"from_fn: {fn!r} has no stable identity (a lambda, closure, functools.partial or "
             "callable object), so a checkpoint state could restore into another function or be "
             "refused by the next process. Pass name='...' naming this schedule, e.g. "
-            "from_fn(fn, name='my-ramp-v1'); change the name when the function changes")
+            "from_fn(fn, name='my-ramp-v1'); change the name when the function changes"
+        )
     return f"{module}.{qualname}"
 
 
@@ -539,7 +561,10 @@ _PARAMS = {
     "linear": ("start", "increment", "rampup_samples", "final"),
 }
 _BUILDERS: dict[str, Callable[..., Schedule]] = {
-    "constant": constant, "stepwise": stepwise, "piecewise": piecewise, "linear": linear,
+    "constant": constant,
+    "stepwise": stepwise,
+    "piecewise": piecewise,
+    "linear": linear,
 }
 
 
@@ -557,9 +582,7 @@ def from_config(config: Mapping[str, Any]) -> Schedule:
         raise TypeError(f"a schedule config is a dict with a 'type', got {config!r}")
     kind = config.get("type")
     if kind not in _BUILDERS:
-        raise ValueError(
-            f"schedule type {kind!r} is not known; valid types: {', '.join(TYPES)}"
-        )
+        raise ValueError(f"schedule type {kind!r} is not known; valid types: {', '.join(TYPES)}")
     allowed = set(_PARAMS[kind]) | set(_OPTIONS) | {"type"}
     unknown = sorted(set(config) - allowed)
     if unknown:

@@ -33,15 +33,17 @@ def test_growth_needs_patience_consecutive_proposals_above_the_next_size():
 
 
 def test_growth_is_by_whole_factors_and_bounded_by_max_size():
-    schedule = AdaptiveSchedule(8, max_size=48, multiple_of=8, lag=1,
-                                policy=GrowthPolicy(factor=2, patience=1))
+    schedule = AdaptiveSchedule(
+        8, max_size=48, multiple_of=8, lag=1, policy=GrowthPolicy(factor=2, patience=1)
+    )
     sizes = [d.size for k in range(6) if (d := schedule.propose(k, 1e9))]
     assert sizes == [16, 32, 48]
 
 
 def test_allowed_sizes_are_the_only_sizes_picked():
-    schedule = AdaptiveSchedule(8, lag=1, allowed_sizes=[8, 24, 64],
-                                policy=GrowthPolicy(factor=4, patience=1))
+    schedule = AdaptiveSchedule(
+        8, lag=1, allowed_sizes=[8, 24, 64], policy=GrowthPolicy(factor=4, patience=1)
+    )
     sizes = [d.size for k in range(5) if (d := schedule.propose(k, 1e9))]
     assert sizes == [24, 64]
 
@@ -92,8 +94,9 @@ def test_a_step_not_decided_yet_is_refused():
 
 
 def test_a_finite_source_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match="num_epochs=2 with a schedule decided online.*"
-                                         "num_epochs=None"):
+    with pytest.raises(
+        ValueError, match="num_epochs=2 with a schedule decided online.*num_epochs=None"
+    ):
         RampupBatches(np.arange(100), make(), num_epochs=2)
 
 
@@ -104,12 +107,19 @@ def test_proposals_go_forward():
         schedule.propose(5, 1.0)
 
 
-@pytest.mark.parametrize(("kwargs", "error", "match"), [
-    ({"initial_size": 6, "multiple_of": 4}, ValueError, "not divisible by multiple_of=4"),
-    ({"initial_size": 8, "lag": 0}, ValueError, "lag must be an int >= 1"),
-    ({"initial_size": 8, "policy": "double"}, TypeError, "policy must be a rampup.GrowthPolicy"),
-    ({"initial_size": 8, "allowed_sizes": [8, 12], "multiple_of": 8}, ValueError, "12"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"initial_size": 6, "multiple_of": 4}, ValueError, "not divisible by multiple_of=4"),
+        ({"initial_size": 8, "lag": 0}, ValueError, "lag must be an int >= 1"),
+        (
+            {"initial_size": 8, "policy": "double"},
+            TypeError,
+            "policy must be a rampup.GrowthPolicy",
+        ),
+        ({"initial_size": 8, "allowed_sizes": [8, 12], "multiple_of": 8}, ValueError, "12"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdaptiveSchedule(**kwargs)
@@ -156,8 +166,7 @@ def test_resume_through_json_replays_the_run_exactly():
     iterator = iter(batches)
     first: list = []
     train(schedule, iterator, 0, 17, first)
-    saved = json.loads(json.dumps({"data": iterator.get_state(),
-                                   "schedule": schedule.get_state()}))
+    saved = json.loads(json.dumps({"data": iterator.get_state(), "schedule": schedule.get_state()}))
     restored = make()
     restored.set_state(saved["schedule"])  # decisions first, then the data state
     iterator = RampupBatches(source, restored, shuffle_seed=1).iter_from(0)
@@ -231,8 +240,13 @@ def test_to_config_is_refused_with_the_way_to_save_it():
 
 
 def test_allowed_sizes_hold_under_any_estimates():
-    schedule = AdaptiveSchedule(8, lag=2, allowed_sizes=[8, 24, 40], max_size=64,
-                                policy=GrowthPolicy(factor=3, patience=1, shrink=True))
+    schedule = AdaptiveSchedule(
+        8,
+        lag=2,
+        allowed_sizes=[8, 24, 40],
+        max_size=64,
+        policy=GrowthPolicy(factor=3, patience=1, shrink=True),
+    )
     estimates = [1e9, 1e9, 1e9, 1.0, 1.0, 1e9, 5.0, 1e9]
     for step, estimate in enumerate(estimates):
         schedule.propose(step, estimate)
@@ -253,12 +267,12 @@ def runs(draw):
     patience = draw(st.integers(1, 3))
     shrink = draw(st.booleans())
     max_size = draw(st.sampled_from([None, 40, 100]))
-    estimates = draw(st.lists(st.one_of(st.none(), st.floats(-10, 500)), min_size=1,
-                              max_size=40))
+    estimates = draw(st.lists(st.one_of(st.none(), st.floats(-10, 500)), min_size=1, max_size=40))
     allowed = draw(st.one_of(st.none(), st.sets(st.integers(1, 25), max_size=6)))
     if allowed is not None:
-        allowed = {multiple_of * a for a in allowed if max_size is None
-                   or multiple_of * a <= max_size}
+        allowed = {
+            multiple_of * a for a in allowed if max_size is None or multiple_of * a <= max_size
+        }
     return lag, multiple_of, factor, patience, shrink, max_size, estimates, allowed
 
 
@@ -266,9 +280,15 @@ def runs(draw):
 @given(runs())
 def test_decisions_never_change_a_step_before_step_plus_lag_and_sizes_are_legal(run):
     lag, multiple_of, factor, patience, shrink, max_size, estimates, allowed = run
-    schedule = AdaptiveSchedule(4 * multiple_of, multiple_of=multiple_of, max_size=max_size,
-                                min_size=multiple_of, lag=lag, allowed_sizes=allowed,
-                                policy=GrowthPolicy(factor, patience, shrink))
+    schedule = AdaptiveSchedule(
+        4 * multiple_of,
+        multiple_of=multiple_of,
+        max_size=max_size,
+        min_size=multiple_of,
+        lag=lag,
+        allowed_sizes=allowed,
+        policy=GrowthPolicy(factor, patience, shrink),
+    )
     plan = Plan(schedule)
     for step, estimate in enumerate(estimates):
         before = [schedule(k) for k in range(step + lag)]
@@ -280,17 +300,26 @@ def test_decisions_never_change_a_step_before_step_plus_lag_and_sizes_are_legal(
         assert allowed is None or set(sizes) <= allowed | {4 * multiple_of}
         # The oracle: offsets are the running sum of the sizes, step by step.
         assert [plan.offset(k) for k in range(len(sizes) + 1)] == list(
-            np.concatenate([[0], np.cumsum(sizes)]))
+            np.concatenate([[0], np.cumsum(sizes)])
+        )
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 39), st.sampled_from([1, 2]))
 def test_resume_at_a_random_step_replays_identically(stop, process_count):
     """One or two processes (each builds its slice); joined they are the one-process run."""
+
     def run(schedule, start, end, states=None):
-        iterators = [RampupBatches(np.arange(3000), schedule, shuffle_seed=5, process_index=i,
-                                   process_count=process_count).iter_from(0)
-                     for i in range(process_count)]
+        iterators = [
+            RampupBatches(
+                np.arange(3000),
+                schedule,
+                shuffle_seed=5,
+                process_index=i,
+                process_count=process_count,
+            ).iter_from(0)
+            for i in range(process_count)
+        ]
         if states:
             for iterator, state in zip(iterators, states, strict=True):
                 iterator.set_state(state)

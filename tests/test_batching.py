@@ -202,8 +202,7 @@ class StatefulCounter:
 
 def test_stream_batcher_pulls_schedule_sizes():
     got = [b.tolist() for b in StreamBatcher(iter(range(20)), SCHEDULE)]
-    assert got == [[0, 1], [2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12, 13],
-                   list(range(14, 20))]
+    assert got == [[0, 1], [2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12, 13], list(range(14, 20))]
 
 
 def test_stream_batcher_drop_remainder():
@@ -212,8 +211,7 @@ def test_stream_batcher_drop_remainder():
 
 
 def test_stream_batcher_pulls_the_process_share():
-    got = [b.tolist() for b in StreamBatcher(range(7), SCHEDULE, process_index=1,
-                                             process_count=2)]
+    got = [b.tolist() for b in StreamBatcher(range(7), SCHEDULE, process_index=1, process_count=2)]
     assert got == [[0], [1], [2], [3, 4], [5, 6]]
 
 
@@ -237,8 +235,11 @@ def test_stream_batcher_says_why_a_plain_iterator_cannot_be_checkpointed():
 
 def test_a_size_the_processes_cannot_split_fails_at_construction():
     schedule = piecewise({0: 8, 10: 12, 20: 16})
-    with pytest.raises(ValueError, match=r"batch size 12 at step 10 is not divisible by "
-                       r"process_count=8.*nearest valid sizes: 8, 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch size 12 at step 10 is not divisible by "
+        r"process_count=8.*nearest valid sizes: 8, 16",
+    ):
         RampupBatches(np.arange(1000), schedule, process_index=0, process_count=8)
     with pytest.raises(ValueError, match="batch size 12 at step 10"):
         StreamBatcher(iter(range(1000)), schedule, process_index=0, process_count=8)

@@ -12,8 +12,9 @@ from rampup.cli import DEFAULT_SCHEDULE, main
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "rampup.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rampup.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_preview_without_arguments_shows_the_default_ramp():
@@ -31,11 +32,14 @@ def test_preview_inline_json_with_step_budget(capsys):
     assert "30 steps, 1,120 samples, 3 distinct sizes" in out
 
 
-@pytest.mark.parametrize(("suffix", "text"), [
-    (".json", '{"type": "constant", "size": 8}'),
-    (".toml", 'type = "constant"\nsize = 8\n'),
-    (".yaml", "type: constant\nsize: 8\n"),
-])
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [
+        (".json", '{"type": "constant", "size": 8}'),
+        (".toml", 'type = "constant"\nsize = 8\n'),
+        (".yaml", "type: constant\nsize: 8\n"),
+    ],
+)
 def test_preview_reads_spec_files(tmp_path, capsys, suffix, text):
     if suffix == ".yaml":
         pytest.importorskip("yaml")
@@ -67,9 +71,22 @@ def test_bench_quick_runs_the_chosen_suite_and_prints_one_table(tmp_path):
     # A smoke check of `rampup bench` on the core suite (seconds); the benchmarks
     # themselves are run by `rampup bench`, not by the tests.
     path = tmp_path / "bench.json"
-    out = subprocess.run([sys.executable, "-m", "rampup.cli", "bench", "--quick", "--suite",
-                          "core", "--json", str(path)], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rampup.cli",
+            "bench",
+            "--quick",
+            "--suite",
+            "core",
+            "--json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     rows = json.loads(path.read_text())
     counted = [r for r in rows if not r.get("load_sensitive")]  # --quick ignores the others
     assert out.returncode == (0 if all(r["holds"] for r in counted) else 1), out.stderr[-3000:]

@@ -12,13 +12,22 @@ from rampup.demo import DEFAULT_SCHEDULE
 
 STEPS = 12
 # backend, the modules it needs, whether its train step compiles once per distinct size
-BACKENDS = [("numpy", (), False), ("grain", ("grain",), False), ("jax", ("jax", "grain"), True),
-            ("torch", ("torch",), False), ("tf", ("tensorflow",), True)]
+BACKENDS = [
+    ("numpy", (), False),
+    ("grain", ("grain",), False),
+    ("jax", ("jax", "grain"), True),
+    ("torch", ("torch",), False),
+    ("tf", ("tensorflow",), True),
+]
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "rampup.cli", "demo", *args],
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "rampup.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def installed(modules):
@@ -34,8 +43,10 @@ def test_demo_follows_the_schedule_and_resumes_identically(backend, needs, compi
     plan = Plan(from_config(DEFAULT_SCHEDULE))
     samples = plan.offset(STEPS)
     distinct = len(plan.distinct_sizes(STEPS))
-    assert (f"{STEPS} steps, {samples:,} samples, {samples * 32:,} tokens; {distinct} distinct"
-            in out.stdout)
+    assert (
+        f"{STEPS} steps, {samples:,} samples, {samples * 32:,} tokens; {distinct} distinct"
+        in out.stdout
+    )
     assert f"{distinct if compiles else 0} compilations" in out.stdout
     half = STEPS // 2
     assert f"state saved at step {half} as JSON" in out.stdout

@@ -11,8 +11,12 @@ from rampup import demo_adaptive
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "rampup.cli", "demo", "--adaptive", *args],
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, "-m", "rampup.cli", "demo", "--adaptive", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 @pytest.mark.parametrize("backend", ["jax", "numpy"])
@@ -21,8 +25,9 @@ def test_the_batch_size_grows_and_the_resumed_half_replays_identically(backend):
         pytest.skip("jax is not installed")
     out = run("--backend", backend)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
-    decisions = re.findall(r"step +(\d+) +noise scale +([\d.]+) +-> size (\d+) from step (\d+)",
-                           out.stdout)
+    decisions = re.findall(
+        r"step +(\d+) +noise scale +([\d.]+) +-> size (\d+) from step (\d+)", out.stdout
+    )
     sizes = [int(d[2]) for d in decisions]
     assert sizes[:2] == [32, 64], out.stdout  # whole factors, growing
     assert all(int(d[3]) == int(d[0]) + 4 for d in decisions)  # applied lag steps later

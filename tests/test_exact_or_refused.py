@@ -34,8 +34,10 @@ def positions(batch) -> list[int]:
 
 def test_core_iterators_implement_the_protocol():
     batches = RampupBatches(np.arange(100), RAMP, process_index=1, process_count=2)
-    for it in (batches.iter_from(4), StreamBatcher(iter(range(100)), RAMP, process_count=2,
-                                                   process_index=1)):
+    for it in (
+        batches.iter_from(4),
+        StreamBatcher(iter(range(100)), RAMP, process_count=2, process_index=1),
+    ):
         assert isinstance(it, ScheduledIterator)
         assert it.plan == rampup.Plan(RAMP)
         assert it.layout == (1, 2)
@@ -45,16 +47,22 @@ def test_core_iterators_implement_the_protocol():
 # --- 4: from_fn identity -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fn", [
-    lambda k: 8,
-    functools.partial(module_level_size),
-    type("Sizes", (), {"__call__": lambda self, k: 8})(),
-], ids=["lambda", "partial", "callable-object"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda k: 8,
+        functools.partial(module_level_size),
+        type("Sizes", (), {"__call__": lambda self, k: 8})(),
+    ],
+    ids=["lambda", "partial", "callable-object"],
+)
 def test_a_function_without_a_stable_identity_needs_a_name(fn):
     with pytest.raises(ValueError, match="name="):
         rampup.from_fn(fn)
-    assert rampup.from_fn(fn, name="mine").fingerprint == rampup.from_fn(
-        module_level_size, name="mine").fingerprint
+    assert (
+        rampup.from_fn(fn, name="mine").fingerprint
+        == rampup.from_fn(module_level_size, name="mine").fingerprint
+    )
 
 
 def test_two_different_lambdas_never_share_a_fingerprint_by_accident():
@@ -68,10 +76,13 @@ def test_two_different_lambdas_never_share_a_fingerprint_by_accident():
 
 def test_a_module_level_function_has_the_same_fingerprint_in_another_process():
     here = rampup.from_fn(module_level_size).fingerprint
-    code = ("import sys; sys.path.insert(0, 'tests'); import rampup, test_exact_or_refused as t; "
-            "print(rampup.from_fn(t.module_level_size).fingerprint)")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True, timeout=60).stdout.strip()
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import rampup, test_exact_or_refused as t; "
+        "print(rampup.from_fn(t.module_level_size).fingerprint)"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
     assert other == here
 
 
@@ -89,13 +100,16 @@ def test_a_non_bool_flag_is_a_type_error(flag):
 
 
 def test_a_string_flag_in_a_json_or_yaml_config_is_a_type_error():
-    config = json.loads('{"type": "stepwise", "batch_size": 8, '
-                        '"boundaries_and_scales": {"0": 1, "4": 2}, "cumulative": "false"}')
+    config = json.loads(
+        '{"type": "stepwise", "batch_size": 8, '
+        '"boundaries_and_scales": {"0": 1, "4": 2}, "cumulative": "false"}'
+    )
     with pytest.raises(TypeError, match="cumulative"):
         rampup.from_config(config)
     yaml = pytest.importorskip("yaml")
-    config = yaml.safe_load("type: stepwise\nbatch_size: 8\nboundaries_and_scales: {0: 1}\n"
-                            "cumulative: 'no'\n")
+    config = yaml.safe_load(
+        "type: stepwise\nbatch_size: 8\nboundaries_and_scales: {0: 1}\ncumulative: 'no'\n"
+    )
     with pytest.raises(TypeError, match="cumulative"):
         rampup.from_config(config)
 
@@ -103,13 +117,16 @@ def test_a_string_flag_in_a_json_or_yaml_config_is_a_type_error():
 # --- 8: the raw Schedule constructor -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("args", "error", "message"), [
-    (((0,), (0,), "{}"), ValueError, "batch size 0"),
-    (((5,), (8,), "{}"), ValueError, "start at step 0"),
-    (((0,), (8.5,), "{}"), TypeError, "8.5"),
-    (((0, 4, 2), (8, 16, 32), "{}"), ValueError, "increase"),
-    (((0, 4), (8,), "{}"), ValueError, "one size per segment"),
-])
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (((0,), (0,), "{}"), ValueError, "batch size 0"),
+        (((5,), (8,), "{}"), ValueError, "start at step 0"),
+        (((0,), (8.5,), "{}"), TypeError, "8.5"),
+        (((0, 4, 2), (8, 16, 32), "{}"), ValueError, "increase"),
+        (((0, 4), (8,), "{}"), ValueError, "one size per segment"),
+    ],
+)
 def test_the_schedule_constructor_validates(args, error, message):
     with pytest.raises(error, match=message):
         Schedule(*args)
@@ -171,8 +188,13 @@ def test_a_non_callable_collate_and_a_bad_policy_fail_when_built():
 def test_a_continue_restore_with_another_process_count_fails_at_the_restore():
     old = RampupBatches(np.arange(20), rampup.constant(3), num_epochs=1)
     state = old.iter_from(1).get_state()  # position 3: 17 samples left
-    new = RampupBatches(np.arange(20), rampup.constant(4), num_epochs=1, process_count=2,
-                        on_schedule_change="continue")
+    new = RampupBatches(
+        np.arange(20),
+        rampup.constant(4),
+        num_epochs=1,
+        process_count=2,
+        on_schedule_change="continue",
+    )
     # Steps 1.. hold positions 3..6, 7..10, ..., 15..18, then 19 alone: 1 row for 2 processes.
     with pytest.raises(ValueError, match="last batch .* not divisible by process_count=2"):
         new.iter_from(state)
@@ -181,8 +203,9 @@ def test_a_continue_restore_with_another_process_count_fails_at_the_restore():
 def test_a_continue_restore_keeps_the_data_position():
     old = RampupBatches(np.arange(40), rampup.constant(3), num_epochs=1)
     state = old.iter_from(2).get_state()
-    new = RampupBatches(np.arange(40), rampup.constant(4), num_epochs=1,
-                        on_schedule_change="continue")
+    new = RampupBatches(
+        np.arange(40), rampup.constant(4), num_epochs=1, on_schedule_change="continue"
+    )
     got = [x for batch in new.iter_from(state) for x in positions(batch)]
     assert got == list(range(6, 40))
 
@@ -197,8 +220,9 @@ def test_torch_set_step_reaches_persistent_workers():
     from rampup.adapters.torch import RampupIterableDataset
 
     ds = RampupIterableDataset(np.arange(64), RAMP, num_epochs=1)
-    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True,
-                        multiprocessing_context="spawn")
+    loader = DataLoader(
+        ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context="spawn"
+    )
     first = [b.tolist() for b in loader]
     ds.set_step(3)
     second = [b.tolist() for b in loader]
@@ -273,7 +297,9 @@ def test_device_batches_reports_the_step_of_a_restored_grain_iterator(sharding):
     _, ramp = grain_ramp()
     it = ramp.to_iter_dataset().__iter__()
     state_5 = ramp.to_iter_dataset().__iter__().get_state() | {
-        "step": 5, "position": ramp.plan.offset(5)}
+        "step": 5,
+        "position": ramp.plan.offset(5),
+    }
     it.set_state(state_5)
     with device_batches(it, sharding) as arrays:
         assert arrays.step == 5
@@ -290,8 +316,9 @@ def test_device_batches_checks_a_finite_last_batch_up_front(sharding):
     batches = RampupBatches(np.arange(8 * ways + 3), rampup.constant(2 * ways), num_epochs=1)
     with pytest.raises(ValueError, match="last batch .*drop_remainder=True"):
         device_batches(batches, sharding)
-    fine = RampupBatches(np.arange(8 * ways + 3), rampup.constant(2 * ways), num_epochs=1,
-                         drop_remainder=True)
+    fine = RampupBatches(
+        np.arange(8 * ways + 3), rampup.constant(2 * ways), num_epochs=1, drop_remainder=True
+    )
     with device_batches(fine, sharding) as arrays:
         assert [a.shape[0] for a in arrays] == [2 * ways] * 4
 
@@ -377,8 +404,11 @@ def test_grain_map_pipeline_state_carries_the_schedule_under_mp_prefetch(tmp_pat
     assert saved["schedule"] == RAMP.fingerprint and saved["step"] == 4
 
     for workers in (2, 3):  # the state is the step's: any worker count restores it
-        same = ramp.to_iter_dataset(read).mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers)).__iter__()
+        same = (
+            ramp.to_iter_dataset(read)
+            .mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+            .__iter__()
+        )
         handler.restore(ckpt, item=same)
         assert [positions(next(same)) for _ in range(3)] == want[4:]
         same.close()
@@ -390,8 +420,7 @@ def test_grain_map_pipeline_state_carries_the_schedule_under_mp_prefetch(tmp_pat
         handler.restore(ckpt, item=refused)
     refused.close()
 
-    kept = RampupMapDataset(grain.MapDataset.range(10_000), other,
-                            on_schedule_change="continue")
+    kept = RampupMapDataset(grain.MapDataset.range(10_000), other, on_schedule_change="continue")
     resumed = kept.to_iter_dataset(read).mp_prefetch(options).__iter__()
     handler.restore(ckpt, item=resumed)
     start = ramp.plan.offset(4)
@@ -412,7 +441,10 @@ def test_grain_map_iterator_restores_across_a_schedule_change_without_workers():
     changed = RampupMapDataset(grain.MapDataset.range(10_000), rampup.constant(5))
     with pytest.raises(ValueError, match="schedule"):
         iter(changed).set_state(state)
-    kept = iter(RampupMapDataset(grain.MapDataset.range(10_000), rampup.constant(5),
-                                 on_schedule_change="continue"))
+    kept = iter(
+        RampupMapDataset(
+            grain.MapDataset.range(10_000), rampup.constant(5), on_schedule_change="continue"
+        )
+    )
     kept.set_state(state)
     assert kept.step == 3 and positions(next(kept)) == list(range(24, 29))

@@ -19,8 +19,9 @@ PLAN = rampup.Plan(rampup.piecewise({0: 16, 4: 32, 8: 64}))
 
 def rows(*args, env=None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240,
-                         cwd=ROOT, env=env)
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return [line.split() for line in out.stdout.splitlines() if line.startswith("step ")]
 
@@ -32,8 +33,9 @@ def losses(rows):
 def test_torch_example_resumes_model_optimizer_and_data(tmp_path):
     pytest.importorskip("torch")
     script = str(ROOT / "examples" / "torch_train.py")
-    whole = rows(script, "--steps", "10", "--workers", "2", "--checkpoint",
-                 str(tmp_path / "whole.pt"))
+    whole = rows(
+        script, "--steps", "10", "--workers", "2", "--checkpoint", str(tmp_path / "whole.pt")
+    )
     assert [int(r[1]) for r in whole] == list(range(10))
     assert [int(r[3]) for r in whole] == [PLAN.size(k) for k in range(10)]
     assert [int(r[5]) for r in whole] == [PLAN.offset(k + 1) for k in range(10)]
@@ -89,8 +91,13 @@ def test_jax_example_runs_adam_on_optax_schedule(tmp_path):
     for name in ("jax", "grain", "optax", "orbax.checkpoint"):
         pytest.importorskip(name)
     lr = rampup.scaled(1e-2, PLAN.schedule)
-    out = rows(str(ROOT / "examples" / "jax_train.py"), "--steps", "10",
-               "--checkpoint", str(tmp_path / "checkpoint"),
-               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    out = rows(
+        str(ROOT / "examples" / "jax_train.py"),
+        "--steps",
+        "10",
+        "--checkpoint",
+        str(tmp_path / "checkpoint"),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
     assert [int(r[3]) for r in out] == [PLAN.size(k) for k in range(10)]
     assert [float(r[9]) for r in out] == pytest.approx([lr(k) for k in range(10)], rel=1e-5)

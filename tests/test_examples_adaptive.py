@@ -12,17 +12,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run(script, *args):
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env={**os.environ,
-                              "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
 def check_sizes_follow_decisions(stdout, steps, initial):
-    rows = re.findall(r"^step (\d+) size (\d+) noise_scale \S+ loss \S+(?: -> size (\d+) from "
-                      r"step (\d+))?$", stdout, re.MULTILINE)
+    rows = re.findall(
+        r"^step (\d+) size (\d+) noise_scale \S+ loss \S+(?: -> size (\d+) from "
+        r"step (\d+))?$",
+        stdout,
+        re.MULTILINE,
+    )
     assert [int(r[0]) for r in rows] == list(range(steps)), stdout
     decisions = sorted((int(r[3]), int(r[2])) for r in rows if r[2])
     assert len(decisions) >= 2

@@ -56,16 +56,22 @@ def expected_sizes(plan: rampup.Plan, positions: int, drop_remainder: bool) -> l
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_map_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder):
     schedule = SCHEDULES[name]
-    ds = RampupMapDataset(source(), schedule, num_epochs=3, drop_remainder=drop_remainder,
-                          process_index=0, process_count=1)
+    ds = RampupMapDataset(
+        source(),
+        schedule,
+        num_epochs=3,
+        drop_remainder=drop_remainder,
+        process_index=0,
+        process_count=1,
+    )
     batches = [ds[k] for k in range(len(ds))]
     sizes = expected_sizes(rampup.Plan(schedule), 3 * LENGTH, drop_remainder)
     assert [len(b["x"]) for b in batches] == sizes
     stream = [int(source()[p]["x"]) for p in range(3 * LENGTH)]
     assert xs(batches) == stream[: sum(sizes)]
     for epoch in range(3):  # grain reshuffles every epoch; each element once per epoch
-        assert sorted(stream[epoch * LENGTH:(epoch + 1) * LENGTH]) == list(range(LENGTH))
-    assert stream[:LENGTH] != stream[LENGTH:2 * LENGTH]
+        assert sorted(stream[epoch * LENGTH : (epoch + 1) * LENGTH]) == list(range(LENGTH))
+    assert stream[:LENGTH] != stream[LENGTH : 2 * LENGTH]
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -73,8 +79,9 @@ def test_map_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder):
 def test_iter_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder, read_options):
     schedule = SCHEDULES[name]
     parent = source().repeat(2).to_iter_dataset(read_options)
-    ds = RampupIterDataset(parent, schedule, drop_remainder=drop_remainder,
-                           process_index=0, process_count=1)
+    ds = RampupIterDataset(
+        parent, schedule, drop_remainder=drop_remainder, process_index=0, process_count=1
+    )
     batches = list(ds)
     sizes = expected_sizes(rampup.Plan(schedule), 2 * LENGTH, drop_remainder)
     assert [len(b["x"]) for b in batches] == sizes
@@ -93,10 +100,20 @@ def test_endless_map_dataset_has_grain_endless_length_and_keeps_ramping():
 @pytest.mark.parametrize("count", [2, 4])
 def test_process_slices_concatenate_to_one_process_batch(count):
     schedule = rampup.piecewise({0: 4, 3: 8, 5: 12}, multiple_of=4)
-    whole = RampupMapDataset(source(), schedule, num_epochs=2, drop_remainder=True,
-                             process_index=0, process_count=1)
-    parts = [RampupMapDataset(source(), schedule, num_epochs=2, drop_remainder=True,
-                              process_index=i, process_count=count) for i in range(count)]
+    whole = RampupMapDataset(
+        source(), schedule, num_epochs=2, drop_remainder=True, process_index=0, process_count=1
+    )
+    parts = [
+        RampupMapDataset(
+            source(),
+            schedule,
+            num_epochs=2,
+            drop_remainder=True,
+            process_index=i,
+            process_count=count,
+        )
+        for i in range(count)
+    ]
     assert all(len(p) == len(whole) for p in parts)
     for step in range(len(whole)):
         assert xs([p[step] for p in parts]) == xs([whole[step]])
@@ -112,7 +129,8 @@ def test_process_slices_concatenate_to_one_process_batch(count):
     drop_remainder=st.booleans(),
 )
 def test_any_ramp_over_any_grain_source_gives_each_element_once_per_epoch(
-        length, epochs, count, sizes, first, drop_remainder):
+    length, epochs, count, sizes, first, drop_remainder
+):
     schedule = rampup.piecewise({0: first * count, **{k: v * count for k, v in sizes.items()}})
     parent = grain.MapDataset.range(length).shuffle(SEED)
     plan = rampup.Plan(schedule)
@@ -121,24 +139,40 @@ def test_any_ramp_over_any_grain_source_gives_each_element_once_per_epoch(
     if not drop_remainder and remainder % count:
         # Processes hold equal slices; a partial last batch that does not split raises.
         with pytest.raises(ValueError, match="last batch .* not divisible"):
-            RampupMapDataset(parent, schedule, num_epochs=epochs, process_index=0,
-                             process_count=count)
+            RampupMapDataset(
+                parent, schedule, num_epochs=epochs, process_index=0, process_count=count
+            )
         return
-    parts = [RampupMapDataset(parent, schedule, num_epochs=epochs, drop_remainder=drop_remainder,
-                              process_index=i, process_count=count) for i in range(count)]
+    parts = [
+        RampupMapDataset(
+            parent,
+            schedule,
+            num_epochs=epochs,
+            drop_remainder=drop_remainder,
+            process_index=i,
+            process_count=count,
+        )
+        for i in range(count)
+    ]
     flat = [int(v) for k in range(len(parts[0])) for p in parts for v in p[k]]
     assert [sum(len(p[k]) for p in parts) for k in range(len(parts[0]))] == expected_sizes(
-        plan, epochs * length, drop_remainder)
+        plan, epochs * length, drop_remainder
+    )
     assert flat == [int(parent[p]) for p in range(len(flat))]
     for epoch in range(epochs):
-        chunk = flat[epoch * length:(epoch + 1) * length]
+        chunk = flat[epoch * length : (epoch + 1) * length]
         assert len(set(chunk)) == len(chunk)
 
 
 def test_iter_dataset_pulls_this_process_share(read_options):
     schedule = rampup.piecewise({0: 4, 3: 8})
-    ds = RampupIterDataset(source().to_iter_dataset(read_options), schedule, drop_remainder=True,
-                           process_index=1, process_count=2)
+    ds = RampupIterDataset(
+        source().to_iter_dataset(read_options),
+        schedule,
+        drop_remainder=True,
+        process_index=1,
+        process_count=2,
+    )
     assert [len(b["x"]) for b in ds] == [2, 2, 2, 4, 4, 4, 4]
 
 
@@ -162,10 +196,16 @@ def test_collate_receives_the_list_of_elements(read_options):
         return len(elements)
 
     schedule = rampup.piecewise({0: 2, 1: 3})
-    ds = RampupMapDataset(source(), schedule, num_epochs=1, collate=collate,
-                          process_index=0, process_count=1)
-    it_ds = RampupIterDataset(source().to_iter_dataset(read_options), schedule, collate=collate,
-                              process_index=0, process_count=1)
+    ds = RampupMapDataset(
+        source(), schedule, num_epochs=1, collate=collate, process_index=0, process_count=1
+    )
+    it_ds = RampupIterDataset(
+        source().to_iter_dataset(read_options),
+        schedule,
+        collate=collate,
+        process_index=0,
+        process_count=1,
+    )
     assert [ds[0], ds[1]] == [2, 3]
     assert list(it_ds)[:2] == [2, 3]
     assert set(seen) == {list}
@@ -198,8 +238,13 @@ class CountedReads(grain.MapDataset):
 
 def test_map_dataset_reads_its_parent_once_per_batch():
     parent = CountedReads(LENGTH)
-    ds = RampupMapDataset(parent.map(lambda x: x * 10), SCHEDULES["piecewise"], num_epochs=2,
-                          process_index=0, process_count=1)
+    ds = RampupMapDataset(
+        parent.map(lambda x: x * 10),
+        SCHEDULES["piecewise"],
+        num_epochs=2,
+        process_index=0,
+        process_count=1,
+    )
     batches = [ds[k] for k in range(len(ds))]
     assert parent.batched == len(batches) and parent.single == 0
     assert np.concatenate(batches).tolist() == [10 * (i % LENGTH) for i in range(2 * LENGTH)]
@@ -215,8 +260,9 @@ def test_wrong_parent_kinds_are_type_errors():
 def test_map_dataset_pickles_to_equal_batches():
     import pickle
 
-    ds = RampupMapDataset(source(), SCHEDULES["linear"], num_epochs=2,
-                          process_index=0, process_count=1)
+    ds = RampupMapDataset(
+        source(), SCHEDULES["linear"], num_epochs=2, process_index=0, process_count=1
+    )
     copy = pickle.loads(pickle.dumps(ds))
     assert len(copy) == len(ds)
     assert xs(copy[k] for k in range(len(ds))) == xs(ds[k] for k in range(len(ds)))
@@ -224,8 +270,9 @@ def test_map_dataset_pickles_to_equal_batches():
 
 def test_str_names_the_class_and_schedule():
     ds = RampupMapDataset(source(), SCHEDULES["piecewise"], process_index=0, process_count=1)
-    it_ds = RampupIterDataset(source().to_iter_dataset(), SCHEDULES["piecewise"],
-                              process_index=0, process_count=1)
+    it_ds = RampupIterDataset(
+        source().to_iter_dataset(), SCHEDULES["piecewise"], process_index=0, process_count=1
+    )
     assert str(ds).startswith("RampupMapDataset(") and "piecewise" in str(ds)
     assert str(it_ds).startswith("RampupIterDataset(")
     assert str(iter(it_ds)).startswith("RampupIterDatasetIterator(")
@@ -235,17 +282,28 @@ def test_str_names_the_class_and_schedule():
 
 
 def map_pipeline(read_options, prefetch: bool = False):
-    ds = RampupMapDataset(source(), SCHEDULES["piecewise"], num_epochs=3,
-                          process_index=0, process_count=1).to_iter_dataset(read_options)
-    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3) if (
-        prefetch) else ds
+    ds = RampupMapDataset(
+        source(), SCHEDULES["piecewise"], num_epochs=3, process_index=0, process_count=1
+    ).to_iter_dataset(read_options)
+    return (
+        grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3)
+        if (prefetch)
+        else ds
+    )
 
 
 def iter_pipeline(read_options, prefetch: bool = False):
-    ds = RampupIterDataset(source().repeat(3).to_iter_dataset(read_options), SCHEDULES["piecewise"],
-                           process_index=0, process_count=1)
-    return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3) if (
-        prefetch) else ds
+    ds = RampupIterDataset(
+        source().repeat(3).to_iter_dataset(read_options),
+        SCHEDULES["piecewise"],
+        process_index=0,
+        process_count=1,
+    )
+    return (
+        grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=3)
+        if (prefetch)
+        else ds
+    )
 
 
 PIPELINES = {"map": map_pipeline, "iter": iter_pipeline}
@@ -254,8 +312,9 @@ PIPELINES = {"map": map_pipeline, "iter": iter_pipeline}
 @pytest.mark.parametrize("kind", sorted(PIPELINES))
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_restore_at_random_step_through_json_continues_identically(kind, prefetch, seed,
-                                                                   read_options):
+def test_restore_at_random_step_through_json_continues_identically(
+    kind, prefetch, seed, read_options
+):
     # Every iterator is closed here, in this thread: an abandoned ThreadPrefetch iterator
     # is closed by grain's __del__, which joins its prefetch thread, and raises "cannot
     # join current thread" when the garbage collector happens to run on that thread.
@@ -279,7 +338,10 @@ def test_iter_state_is_the_core_stream_state(read_options):
     state = it.get_state()
     plan = rampup.Plan(SCHEDULES["piecewise"])
     assert {k: state[k] for k in ("step", "position", "schedule")} == {
-        "step": 4, "position": plan.offset(4), "schedule": SCHEDULES["piecewise"].fingerprint}
+        "step": 4,
+        "position": plan.offset(4),
+        "schedule": SCHEDULES["piecewise"].fingerprint,
+    }
     assert "parent" in state
 
 
@@ -287,8 +349,9 @@ def test_restore_under_another_schedule_raises(read_options):
     it = iter(iter_pipeline(read_options))
     next(it)
     state = it.get_state()
-    other = RampupIterDataset(source().to_iter_dataset(read_options), rampup.constant(3),
-                              process_index=0, process_count=1)
+    other = RampupIterDataset(
+        source().to_iter_dataset(read_options), rampup.constant(3), process_index=0, process_count=1
+    )
     with pytest.raises(ValueError, match="on_schedule_change"):
         iter(other).set_state(state)
 
@@ -298,14 +361,22 @@ def test_restore_under_another_schedule_continues_from_the_saved_position(read_o
     for _ in range(4):
         next(it)
     state = it.get_state()
-    continued = iter(RampupIterDataset(
-        source().repeat(3).to_iter_dataset(read_options), rampup.constant(3),
-        process_index=0, process_count=1, on_schedule_change="continue"))
+    continued = iter(
+        RampupIterDataset(
+            source().repeat(3).to_iter_dataset(read_options),
+            rampup.constant(3),
+            process_index=0,
+            process_count=1,
+            on_schedule_change="continue",
+        )
+    )
     continued.set_state(state)
     stream = [int(e["x"]) for e in source().repeat(3)]
     start = state["position"]
-    assert [xs([next(continued)]) for _ in range(2)] == [stream[start:start + 3],
-                                                         stream[start + 3:start + 6]]
+    assert [xs([next(continued)]) for _ in range(2)] == [
+        stream[start : start + 3],
+        stream[start + 3 : start + 6],
+    ]
 
 
 @pytest.mark.parametrize("kind", sorted(PIPELINES))
@@ -332,9 +403,11 @@ def test_checkpoint_handler_round_trip(kind, tmp_path, read_options):
 
 def test_a_size_the_processes_cannot_split_fails_when_the_dataset_is_built(read_options):
     schedule = rampup.piecewise({0: 4, 3: 6})
-    with pytest.raises(ValueError, match="batch size 6 at step 3 is not divisible by process_"
-                       "count=4"):
-        RampupIterDataset(source().to_iter_dataset(read_options), schedule, process_index=0,
-                          process_count=4)
+    with pytest.raises(
+        ValueError, match="batch size 6 at step 3 is not divisible by process_count=4"
+    ):
+        RampupIterDataset(
+            source().to_iter_dataset(read_options), schedule, process_index=0, process_count=4
+        )
     with pytest.raises(ValueError, match="batch size 6 at step 3"):
         RampupMapDataset(source(), schedule, process_index=0, process_count=4)

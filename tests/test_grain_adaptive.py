@@ -30,15 +30,16 @@ def test_grain_batches_follow_the_decisions_and_resume_through_json():
     schedule = make_schedule()
     expected = train(schedule, iter(RampupBatches(np.arange(5000), schedule)), 0, 30)
     schedule = make_schedule()
-    iterator = iter(RampupMapDataset(grain.MapDataset.range(5000), schedule)
-                    .to_iter_dataset(NO_THREADS))
+    iterator = iter(
+        RampupMapDataset(grain.MapDataset.range(5000), schedule).to_iter_dataset(NO_THREADS)
+    )
     first = train(schedule, iterator, 0, 13)
-    saved = json.loads(json.dumps({"data": iterator.get_state(),
-                                   "schedule": schedule.get_state()}))
+    saved = json.loads(json.dumps({"data": iterator.get_state(), "schedule": schedule.get_state()}))
     restored = make_schedule()
     restored.set_state(saved["schedule"])
-    iterator = iter(RampupMapDataset(grain.MapDataset.range(5000), restored)
-                    .to_iter_dataset(NO_THREADS))
+    iterator = iter(
+        RampupMapDataset(grain.MapDataset.range(5000), restored).to_iter_dataset(NO_THREADS)
+    )
     iterator.set_state(saved["data"])
     assert first + train(restored, iterator, 13, 30) == expected
     assert len(restored.decisions) >= 3

@@ -22,8 +22,9 @@ def shuffled() -> grain.MapDataset:
 
 
 def ramp(parent, schedule=None, **kwargs) -> RampupMapDataset:
-    return RampupMapDataset(parent, schedule or rampup.constant(3), process_index=0,
-                            process_count=1, **kwargs)
+    return RampupMapDataset(
+        parent, schedule or rampup.constant(3), process_index=0, process_count=1, **kwargs
+    )
 
 
 def assert_same_batch(ours, theirs):
@@ -110,9 +111,11 @@ SPARSE_PARENTS = {
     "filter": lambda: grain.MapDataset.range(LENGTH).filter(keep_odd),
     "filter_then_map": lambda: grain.MapDataset.range(LENGTH).filter(keep_odd).map(int),
     "filter_in_a_mix": lambda: grain.MapDataset.mix(
-        [grain.MapDataset.range(LENGTH), grain.MapDataset.range(LENGTH).filter(keep_odd)]),
+        [grain.MapDataset.range(LENGTH), grain.MapDataset.range(LENGTH).filter(keep_odd)]
+    ),
     "flat_map": lambda: grain.experimental.FlatMapMapDataset(
-        grain.MapDataset.range(LENGTH), Twice()),
+        grain.MapDataset.range(LENGTH), Twice()
+    ),
 }
 
 
@@ -157,8 +160,7 @@ def test_none_leaves_stay_none_as_grain_batch_keeps_them_with_jax():
     pytest.importorskip("jax")
     elements = [{"x": np.int32(i), "mask": None} for i in range(4)]
     source = grain.MapDataset.source(elements)
-    for a, b in zip(ramp(source, rampup.constant(2), num_epochs=1), source.batch(2),
-                    strict=True):
+    for a, b in zip(ramp(source, rampup.constant(2), num_epochs=1), source.batch(2), strict=True):
         assert_same_batch(a, b)
         assert a["mask"] is None
 
@@ -169,7 +171,9 @@ def test_dataclass_elements_stack_field_by_field_as_grain_does_for_a_pytree_data
     jax = pytest.importorskip("jax")
     registered = jax.tree_util.register_dataclass(
         dataclasses.make_dataclass("RegisteredPair", [("x", np.ndarray), ("y", np.ndarray)]),
-        data_fields=["x", "y"], meta_fields=[])
+        data_fields=["x", "y"],
+        meta_fields=[],
+    )
     plain = [Pair(np.arange(i, i + 2), np.float32(i)) for i in range(4)]
     pytree = [registered(p.x, p.y) for p in plain]
     theirs = list(grain.MapDataset.source(pytree).batch(2))

@@ -33,21 +33,34 @@ def sizes(ds) -> list[int]:
 
 def test_signatures_and_defaults_match_the_xlstm_module():
     params = {
-        "BatchRampUpIterDataset": [("parent", None), ("batch_rampup_schedule", None),
-                                   ("drop_remainder", False), ("batch_fn", None)],
-        "batch_dataset_with_rampup": [("parent", None), ("batch_size", None),
-                                      ("drop_remainder", False), ("batch_fn", None),
-                                      ("schedule_type", "stepwise"),
-                                      ("boundaries_and_scales", None)],
-        "create_batch_rampup_schedule": [("batch_size", None), ("schedule_type", None),
-                                         ("boundaries_and_scales", None)],
+        "BatchRampUpIterDataset": [
+            ("parent", None),
+            ("batch_rampup_schedule", None),
+            ("drop_remainder", False),
+            ("batch_fn", None),
+        ],
+        "batch_dataset_with_rampup": [
+            ("parent", None),
+            ("batch_size", None),
+            ("drop_remainder", False),
+            ("batch_fn", None),
+            ("schedule_type", "stepwise"),
+            ("boundaries_and_scales", None),
+        ],
+        "create_batch_rampup_schedule": [
+            ("batch_size", None),
+            ("schedule_type", None),
+            ("boundaries_and_scales", None),
+        ],
         "constant_rampup_schedule": [("batch_size", None)],
         "stepwise_rampup_schedule": [("batch_size", None), ("boundaries_and_scales", None)],
     }
     for name, expected in params.items():
         signature = inspect.signature(getattr(adapter, name))
-        got = [(p.name, None if p.default is inspect.Parameter.empty else p.default)
-               for p in signature.parameters.values()]
+        got = [
+            (p.name, None if p.default is inspect.Parameter.empty else p.default)
+            for p in signature.parameters.values()
+        ]
         assert got == expected, name
 
 
@@ -72,8 +85,7 @@ def test_size_rounding_to_zero_fails_when_built():
 def test_create_schedule_by_type():
     assert [create_batch_rampup_schedule(4, "constant")(k) for k in (0, 10**9)] == [4, 4]
     assert constant_rampup_schedule(4) == rampup.constant(4)
-    assert create_batch_rampup_schedule(8, "stepwise", {"2": 0.5}) == rampup.stepwise(
-        8, {2: 0.5})
+    assert create_batch_rampup_schedule(8, "stepwise", {"2": 0.5}) == rampup.stepwise(8, {2: 0.5})
     with pytest.raises(ValueError, match="boundaries_and_scales"):
         create_batch_rampup_schedule(8, "stepwise")
     with pytest.raises(ValueError, match="'cosine'"):
@@ -81,8 +93,9 @@ def test_create_schedule_by_type():
 
 
 def test_batches_follow_the_xlstm_rule_per_step(parent):
-    ds = batch_dataset_with_rampup(parent(), 8, boundaries_and_scales={"0": 0.25, "3": 0.5,
-                                                                        "5": 1.0})
+    ds = batch_dataset_with_rampup(
+        parent(), 8, boundaries_and_scales={"0": 0.25, "3": 0.5, "5": 1.0}
+    )
     assert isinstance(ds, BatchRampUpIterDataset)
     # 2, 2, 2 (steps 0-2), 4, 4 (steps 3-4), then 8 until the 60 elements run out.
     assert sizes(ds) == [2, 2, 2, 4, 4, 8, 8, 8, 8, 8, 6]  # 14 + 5 * 8 + 6 = 60
@@ -90,13 +103,13 @@ def test_batches_follow_the_xlstm_rule_per_step(parent):
 
 
 def test_drop_remainder_leaves_out_the_partial_batch(parent):
-    ds = batch_dataset_with_rampup(parent(), 8, drop_remainder=True,
-                                   boundaries_and_scales={0: 0.25, 3: 0.5, 5: 1.0})
+    ds = batch_dataset_with_rampup(
+        parent(), 8, drop_remainder=True, boundaries_and_scales={0: 0.25, 3: 0.5, 5: 1.0}
+    )
     assert sizes(ds) == [2, 2, 2, 4, 4, 8, 8, 8, 8, 8]
 
 
-@pytest.mark.parametrize("kwargs", [{"schedule_type": "constant"},
-                                    {"schedule_type": "stepwise"}])
+@pytest.mark.parametrize("kwargs", [{"schedule_type": "constant"}, {"schedule_type": "stepwise"}])
 def test_constant_falls_back_to_grain_batch(kwargs, parent):
     ds = batch_dataset_with_rampup(parent(10), 4, **kwargs)
     assert not isinstance(ds, BatchRampUpIterDataset)
@@ -165,8 +178,11 @@ def test_dropin_state_round_trips_through_json(parent):
 
 
 def test_dropin_default_collate_stacks_pytrees(read_options):
-    elements = grain.MapDataset.range(6).map(lambda x: {"a": np.full((2,), x)}).to_iter_dataset(
-        read_options)
+    elements = (
+        grain.MapDataset.range(6)
+        .map(lambda x: {"a": np.full((2,), x)})
+        .to_iter_dataset(read_options)
+    )
     ds = BatchRampUpIterDataset(elements, constant_rampup_schedule(3))
     first = next(iter(ds))
     assert first["a"].shape == (3, 2)

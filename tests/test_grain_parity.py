@@ -33,8 +33,10 @@ class Element(grain.transforms.Map):
         return {"tokens": np.full((3,), i, np.int32), "pair": Pair(np.float32(i), np.int64(-i))}
 
     def output_spec(self, input_spec):
-        return {"tokens": Struct((3,), np.int32),
-                "pair": Pair(Struct((), np.float32), Struct((), np.int64))}
+        return {
+            "tokens": Struct((3,), np.int32),
+            "pair": Pair(Struct((), np.float32), Struct((), np.int64)),
+        }
 
 
 def elements(n=30):
@@ -62,26 +64,37 @@ def values(batch):
 
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_map_dataset_spec_equals_grain_batch_at_a_constant_size(drop_remainder):
-    ours = RampupMapDataset(elements(), rampup.constant(4), num_epochs=1,
-                            drop_remainder=drop_remainder, **ONE)
+    ours = RampupMapDataset(
+        elements(), rampup.constant(4), num_epochs=1, drop_remainder=drop_remainder, **ONE
+    )
     theirs = elements().batch(4, drop_remainder=drop_remainder)
     assert shapes(spec_of(ours)) == shapes(spec_of(theirs))
     assert type(spec_of(ours)["pair"]) is Pair
     batch = ours[0]
     assert [(leaf.shape, leaf.dtype) for leaf in _leaves(batch)] == [
-        ((4, *s[1:]), d) for s, d in shapes(spec_of(ours))]
+        ((4, *s[1:]), d) for s, d in shapes(spec_of(ours))
+    ]
 
 
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_a_ramp_has_no_fixed_batch_axis(drop_remainder):
     ours = RampupMapDataset(elements(), RAMP, num_epochs=1, drop_remainder=drop_remainder, **ONE)
-    assert shapes(spec_of(ours)) == [((None,), np.float32), ((None,), np.int64),
-                                     ((None, 3), np.int32)]
+    assert shapes(spec_of(ours)) == [
+        ((None,), np.float32),
+        ((None,), np.int64),
+        ((None, 3), np.int32),
+    ]
 
 
 def test_the_batch_axis_is_this_process_slice():
-    ours = RampupMapDataset(elements(), rampup.constant(4), num_epochs=1, drop_remainder=True,
-                            process_index=1, process_count=2)
+    ours = RampupMapDataset(
+        elements(),
+        rampup.constant(4),
+        num_epochs=1,
+        drop_remainder=True,
+        process_index=1,
+        process_count=2,
+    )
     assert shapes(spec_of(ours))[-1] == ((2, 3), np.int32)
     assert ours[0]["tokens"].shape == (2, 3)
 
@@ -105,8 +118,9 @@ def test_the_dropin_has_grain_spec():
 
 
 def test_spec_passes_through_to_iter_dataset_and_mp_prefetch():
-    ours = RampupMapDataset(elements(), rampup.constant(4), num_epochs=1, drop_remainder=True,
-                            **ONE)
+    ours = RampupMapDataset(
+        elements(), rampup.constant(4), num_epochs=1, drop_remainder=True, **ONE
+    )
     pipeline = ours.to_iter_dataset()
     assert shapes(spec_of(pipeline)) == shapes(spec_of(ours))
     options = grain.MultiprocessingOptions(num_workers=2)
@@ -129,8 +143,9 @@ def test_a_custom_collate_with_output_spec_describes_the_batch():
         def output_spec(self, input_spec, batch_size, drop_remainder):
             return Struct((batch_size, 3), np.int32)
 
-    ours = RampupMapDataset(elements(), rampup.constant(4), num_epochs=1, drop_remainder=True,
-                            collate=Tokens(), **ONE)
+    ours = RampupMapDataset(
+        elements(), rampup.constant(4), num_epochs=1, drop_remainder=True, collate=Tokens(), **ONE
+    )
     theirs = elements().batch(4, drop_remainder=True, batch_fn=Tokens())
     assert shapes(spec_of(ours)) == shapes(spec_of(theirs)) == [((4, 3), np.int32)]
 
@@ -147,8 +162,9 @@ def test_a_parent_without_a_spec_raises_as_grain_does():
 
 
 def test_map_iterator_next_index_equals_grain_batch_at_a_constant_size():
-    ours = iter(RampupMapDataset(elements(), rampup.constant(4), num_epochs=1, **ONE)
-                .to_iter_dataset())
+    ours = iter(
+        RampupMapDataset(elements(), rampup.constant(4), num_epochs=1, **ONE).to_iter_dataset()
+    )
     theirs = iter(elements().batch(4).to_iter_dataset())
     for _ in range(2):
         next(ours), next(theirs)

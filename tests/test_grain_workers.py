@@ -93,8 +93,9 @@ def test_map_dataset_under_two_workers_restores_through_json(read_options):
 
 
 def test_iter_dataset_inside_workers_raises_with_the_fix(read_options):
-    ds = RampupIterDataset(source().to_iter_dataset(read_options), SCHEDULE,
-                           process_index=0, process_count=1)
+    ds = RampupIterDataset(
+        source().to_iter_dataset(read_options), SCHEDULE, process_index=0, process_count=1
+    )
     with pytest.raises(ValueError, match="after mp_prefetch.*RampupMapDataset"):
         with Bounded(ds.mp_prefetch(TWO_WORKERS)) as it:
             next(it)

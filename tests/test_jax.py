@@ -31,8 +31,9 @@ BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
 
 def elements(n: int = 1000) -> list[dict[str, np.ndarray]]:
-    return [{"x": np.arange(3 * i, 3 * i + 3, dtype=np.float32), "y": np.int32(i)}
-            for i in range(n)]
+    return [
+        {"x": np.arange(3 * i, 3 * i + 3, dtype=np.float32), "y": np.int32(i)} for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +69,9 @@ def test_arrays_have_the_global_shape_sharding_and_content(sharding):
                 assert batch[name].sharding == sharding
                 np.testing.assert_array_equal(np.asarray(batch[name]), expected[name])
                 for shard in batch[name].addressable_shards:
-                    np.testing.assert_array_equal(np.asarray(shard.data),
-                                                  expected[name][shard.index])
+                    np.testing.assert_array_equal(
+                        np.asarray(shard.data), expected[name][shard.index]
+                    )
 
 
 def test_a_mesh_plus_axis_name_shards_the_batch_over_that_axis():
@@ -112,7 +114,8 @@ def test_exact_shapes_compile_once_per_distinct_size(sharding):
         for step, batch in zip(range(30), batches, strict=False):
             expected = source[step]
             assert float(exact_step(batch)) == pytest.approx(
-                float(expected["x"].sum() * 2.0 + expected["y"].sum()))
+                float(expected["x"].sum() * 2.0 + expected["y"].sum())
+            )
     assert len(plan.distinct_sizes(30)) == 3
     assert len(compiled) == 3
     assert exact_step._cache_size() == 3
@@ -126,14 +129,17 @@ def test_microbatches_compile_once_and_hold_the_batch_in_order(sharding):
         return batch["x"].sum(axis=1)
 
     source = rampup.RampupBatches(elements(), plan.schedule)
-    with backend_compiles("micro_step") as compiled, device_batches(
-            source, sharding, microbatch_size=16) as batches:
+    with (
+        backend_compiles("micro_step") as compiled,
+        device_batches(source, sharding, microbatch_size=16) as batches,
+    ):
         for step, micro in zip(range(30), batches, strict=False):
             expected = source[step]
             assert len(micro) == plan.size(step) // 16
             assert all(m["x"].shape == (16, 3) and m["x"].sharding == sharding for m in micro)
             np.testing.assert_array_equal(
-                np.concatenate([np.asarray(m["y"]) for m in micro]), expected["y"])
+                np.concatenate([np.asarray(m["y"]) for m in micro]), expected["y"]
+            )
             sums = np.concatenate([np.asarray(micro_step(m)) for m in micro])
             np.testing.assert_allclose(sums, expected["x"].sum(axis=1))
     assert len(compiled) == 1
@@ -187,8 +193,7 @@ def test_check_schedule_names_the_first_bad_segment(sharding):
     assert f"size {bad.size} at steps {bad.first_step} to {bad.last_step}" in str(error.value)
     assert "'data': 8" in str(error.value)
     with pytest.raises(ValueError, match="not divisible by microbatch_size=16"):
-        check_schedule(rampup.Plan(rampup.piecewise({0: 16, 5: 24})), sharding,
-                       microbatch_size=16)
+        check_schedule(rampup.Plan(rampup.piecewise({0: 16, 5: 24})), sharding, microbatch_size=16)
 
 
 def test_a_producer_exception_surfaces_in_the_consumer(sharding):
@@ -239,7 +244,8 @@ class RecordingSource:
     def wait_until_requested(self, step: int) -> None:
         with self.changed:
             assert self.changed.wait_for(lambda: len(self.requested) > step, timeout=30), (
-                f"the producer never asked for step {step}: {self.requested}")
+                f"the producer never asked for step {step}: {self.requested}"
+            )
 
 
 class StatefulRecordingSource(RecordingSource):
@@ -338,15 +344,22 @@ def test_a_consumer_that_stops_early_does_not_hang_the_interpreter_exit():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     expected = float(np.arange(2**20, dtype=np.float32).reshape(-1, 256)[:512].sum())
     for _ in range(3):
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=120, env=env, cwd=ROOT / "tests")
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=ROOT / "tests",
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert float(done.stdout.split()[-1]) == expected
 
 
 def test_batches_built_for_another_process_layout_are_refused(sharding):
-    source = rampup.RampupBatches(np.arange(100.0), rampup.constant(8), process_index=0,
-                                  process_count=2)
+    source = rampup.RampupBatches(
+        np.arange(100.0), rampup.constant(8), process_index=0, process_count=2
+    )
     assert tuple(process_layout(sharding)) == (0, 1)
     with pytest.raises(ValueError, match="process_count=2.*process_count=1"):
         device_batches(source, sharding)
@@ -361,15 +374,17 @@ def test_precompile_compiles_every_size_ahead_of_the_loop(sharding):
         return (batch["x"] * scale).sum()
 
     with backend_compiles("early_step") as compiled:
-        executables = precompile(early_step, plan, source[0], sharding, until_step=30,
-                                 args=(np.float32(2.0),))
+        executables = precompile(
+            early_step, plan, source[0], sharding, until_step=30, args=(np.float32(2.0),)
+        )
     assert sorted(executables) == list(plan.distinct_sizes(30)) and len(compiled) == 3
     with backend_compiles("early_step") as compiled, device_batches(source, sharding) as batches:
         for _, batch in zip(range(30), batches, strict=False):
             early_step(np.float32(2.0), batch)
     assert compiled == []
-    micro = precompile(early_step, plan, source[0], sharding, microbatch_size=16,
-                       args=(np.float32(2.0),))
+    micro = precompile(
+        early_step, plan, source[0], sharding, microbatch_size=16, args=(np.float32(2.0),)
+    )
     assert list(micro) == [16]
 
 
@@ -379,10 +394,17 @@ def test_two_processes_build_the_same_global_batches_as_one(run_on_free_port):
     worker = ROOT / "tests" / "jax_multihost_worker.py"
 
     def launch(port):  # JAX's coordinator needs its port before it starts: no port 0
-        return [subprocess.Popen([sys.executable, str(worker), str(port), str(i), "2"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                 env=env, cwd=worker.parent)
-                for i in range(2)]
+        return [
+            subprocess.Popen(
+                [sys.executable, str(worker), str(port), str(i), "2"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=worker.parent,
+            )
+            for i in range(2)
+        ]
 
     processes, outputs = run_on_free_port(launch, timeout=120)
     assert len(outputs) == len(processes), outputs

@@ -29,8 +29,10 @@ def loss_fn(params, batch):
 def problem(size):
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(5,)), jnp.float32), "b": jnp.float32(0.3)}
-    batch = {"x": rng.normal(size=(size, 5)).astype(np.float32),
-             "y": rng.normal(size=(size,)).astype(np.float32)}
+    batch = {
+        "x": rng.normal(size=(size, 5)).astype(np.float32),
+        "y": rng.normal(size=(size,)).astype(np.float32),
+    }
     return params, batch
 
 
@@ -44,14 +46,17 @@ def test_the_norms_are_those_of_the_per_device_and_the_averaged_gradients(mesh):
     placed = jax.device_put(batch, batch_sharding(mesh))
     loss, grads, small, big = step(params, placed)
     # The oracle: each device's gradient on its 8 rows, one at a time, without shard_map.
-    shards = [jax.grad(loss_fn)(params, {k: v[8 * d:8 * d + 8] for k, v in batch.items()})
-              for d in range(8)]
+    shards = [
+        jax.grad(loss_fn)(params, {k: v[8 * d : 8 * d + 8] for k, v in batch.items()})
+        for d in range(8)
+    ]
     full = jax.grad(loss_fn)(params, batch)
     assert float(small) == pytest.approx(np.mean([sq_norm(g) for g in shards]), rel=1e-5)
     assert float(big) == pytest.approx(sq_norm(full), rel=1e-5)
     assert float(loss) == pytest.approx(float(loss_fn(params, batch)), rel=1e-5)
-    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(full),
-                         strict=True):
+    for got, want in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(full), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
@@ -69,8 +74,9 @@ def test_device_batches_refuses_a_prefetch_the_lag_does_not_cover(mesh):
 
 def test_device_batches_follow_decisions_made_while_prefetching(mesh):
     def run(prefetch):
-        schedule = AdaptiveSchedule(8, multiple_of=8, lag=3, max_size=128,
-                                    policy=GrowthPolicy(patience=1))
+        schedule = AdaptiveSchedule(
+            8, multiple_of=8, lag=3, max_size=128, policy=GrowthPolicy(patience=1)
+        )
         source = RampupBatches(np.arange(5000, dtype=np.float32), schedule).iter_from(0)
         record = []
         with device_batches(source, batch_sharding(mesh), prefetch=prefetch) as batches:

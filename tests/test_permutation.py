@@ -28,7 +28,7 @@ def reference_permute(index: int, length: int, seed: int, epoch: int) -> int:
 
     data = seed.to_bytes(max(8, (seed.bit_length() + 7) // 8), "little")
     digest = hashlib.blake2b(data, digest_size=56, person=b"rampup.shuffle").digest()
-    keys = [int.from_bytes(digest[8 * i:8 * i + 8], "little") for i in range(7)]
+    keys = [int.from_bytes(digest[8 * i : 8 * i + 8], "little") for i in range(7)]
     epoch_key = mix(epoch ^ keys[6])
     a = math.isqrt(length - 1) + 1
     b = -(-length // a)
@@ -63,8 +63,12 @@ def test_every_index_once_per_epoch(length, seed, epoch):
     assert unpermute(out, length, seed, epoch).tolist() == list(range(length))
 
 
-@given(st.sampled_from([2, 3, 17, 1000, 10**9, 10**12, 2**40 + 1, 2**62]), SEEDS,
-       st.integers(0, 2**40), st.data())
+@given(
+    st.sampled_from([2, 3, 17, 1000, 10**9, 10**12, 2**40 + 1, 2**62]),
+    SEEDS,
+    st.integers(0, 2**40),
+    st.data(),
+)
 def test_numpy_arithmetic_equals_python_integers(length, seed, epoch, data):
     index = data.draw(st.lists(st.integers(0, length - 1), min_size=1, max_size=5))
     got = permute(np.array(index, dtype=np.int64), length, seed, epoch).tolist()
@@ -102,8 +106,12 @@ def test_shuffled_batches_over_a_billion_elements():
     assert batch.tolist() == permute(positions % n, n, 11, positions // n).tolist()
     # The items sit where the inverse says: each position got its own item.
     assert (unpermute(batch, n, 11, positions // n) == positions % n).all()
-    parts = [RampupBatches(Positions(n), schedule, shuffle_seed=11, process_index=i,
-                           process_count=4)[step] for i in range(4)]
+    parts = [
+        RampupBatches(Positions(n), schedule, shuffle_seed=11, process_index=i, process_count=4)[
+            step
+        ]
+        for i in range(4)
+    ]
     assert np.concatenate(parts).tolist() == batch.tolist()
 
 

@@ -24,7 +24,18 @@ def test_bounds(plan):
 
 def test_step_at(plan):
     assert [plan.step_at(p) for p in (0, 1, 2, 5, 6, 9, 10, 13, 14, 21, 22)] == [
-        0, 0, 1, 2, 3, 3, 4, 4, 5, 5, 6]
+        0,
+        0,
+        1,
+        2,
+        3,
+        3,
+        4,
+        4,
+        5,
+        5,
+        6,
+    ]
 
 
 def test_local_bounds_split_the_batch_in_order(plan):
@@ -92,8 +103,12 @@ def test_from_fn_plan_memoizes_prefix_sums():
     p = Plan(from_fn(lambda k: 1 + k % 3, name="cycle"))
     assert [p.offset(k) for k in range(5)] == [0, 1, 3, 6, 7]
     assert p.step_at(6) == 3
-    assert p.segments(4) == [Segment(0, 0, 1, 0), Segment(1, 1, 2, 1), Segment(2, 2, 3, 3),
-                             Segment(3, 3, 1, 6)]
+    assert p.segments(4) == [
+        Segment(0, 0, 1, 0),
+        Segment(1, 1, 2, 1),
+        Segment(2, 2, 3, 3),
+        Segment(3, 3, 1, 6),
+    ]
 
 
 def test_from_fn_segments_need_an_end():
@@ -104,8 +119,16 @@ def test_from_fn_segments_need_an_end():
 def test_table_lists_segments_and_totals():
     text = Plan(linear(32, 32, 1000, 256)).table(samples=4000, tokens_per_sample=2)
     lines = text.splitlines()
-    assert lines[0].split() == ["first", "step", "last", "step", "size", "samples", "tokens",
-                                "share"]
+    assert lines[0].split() == [
+        "first",
+        "step",
+        "last",
+        "step",
+        "size",
+        "samples",
+        "tokens",
+        "share",
+    ]
     assert "distinct sizes" in lines[-1]
     assert lines[2].split()[:4] == ["0", "4", "32", "160"]
 

@@ -42,8 +42,11 @@ def naive(fn, steps: int) -> tuple[list[int], list[int]]:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 70_000), st.integers(1, 5)), min_size=1, max_size=6),
-       st.booleans(), st.integers(0, 2000))
+@given(
+    st.lists(st.tuples(st.integers(1, 70_000), st.integers(1, 5)), min_size=1, max_size=6),
+    st.booleans(),
+    st.integers(0, 2000),
+)
 def test_from_fn_segments_equal_a_naive_evaluation(runs, vectorized, probe):
     fn = Table(runs, vectorized)
     plan = Plan(from_fn(fn, name="table"))
@@ -55,12 +58,15 @@ def test_from_fn_segments_equal_a_naive_evaluation(runs, vectorized, probe):
     assert [plan.offset(k) for k in range(steps)] == offsets
     probes = range(0, offsets[-1], 7)  # the step of p: the last k with O(k) <= p
     assert [plan.step_at(p) for p in probes] == (
-        np.searchsorted(offsets, probes, side="right") - 1).tolist()
+        np.searchsorted(offsets, probes, side="right") - 1
+    ).tolist()
     segments = plan.segments(steps)
     assert [s.size for s in segments] == [
-        s for k, s in enumerate(sizes) if k == 0 or sizes[k - 1] != s]
-    assert all(segments[i].first_step == segments[i - 1].last_step + 1
-               for i in range(1, len(segments)))
+        s for k, s in enumerate(sizes) if k == 0 or sizes[k - 1] != s
+    ]
+    assert all(
+        segments[i].first_step == segments[i - 1].last_step + 1 for i in range(1, len(segments))
+    )
 
 
 def test_array_functions_are_evaluated_in_chunks():
@@ -79,8 +85,10 @@ def test_memory_grows_with_size_changes_not_steps():
     tracemalloc.stop()
     assert kept < 50_000  # three segments, not five million steps
     assert plan.segments(5_000_000) == [
-        Segment(0, 999, 32, 0), Segment(1000, 1_000_999, 64, 32_000),
-        Segment(1_001_000, 4_999_999, 128, 64_032_000)]
+        Segment(0, 999, 32, 0),
+        Segment(1000, 1_000_999, 64, 32_000),
+        Segment(1_001_000, 4_999_999, 128, 64_032_000),
+    ]
 
 
 def test_restore_past_max_step_is_refused_at_once():
@@ -104,8 +112,11 @@ def test_max_step_bounds_queries_and_positions():
 
 def test_a_bad_size_ahead_raises_only_at_its_step():
     def fn(step):
-        return np.where(step == 5000, 0, 8) if isinstance(step, np.ndarray) else (
-            0 if step == 5000 else 8)
+        return (
+            np.where(step == 5000, 0, 8)
+            if isinstance(step, np.ndarray)
+            else (0 if step == 5000 else 8)
+        )
 
     plan = Plan(from_fn(fn, name="table"))
     assert plan.offset(4999) == 4999 * 8

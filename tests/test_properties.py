@@ -20,8 +20,7 @@ def piecewise_schedules(draw):
     sizes = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
     unit = draw(st.sampled_from(["steps", "samples"]))
     scale = 1 if unit == "steps" else 8
-    return piecewise({scale * s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)},
-                     unit=unit)
+    return piecewise({scale * s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)}, unit=unit)
 
 
 @st.composite
@@ -44,11 +43,17 @@ def schedules():
     return st.one_of(piecewise_schedules(), stepwise_schedules(), linear_schedules())
 
 
-@given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans(),
-       st.one_of(st.none(), st.integers(0, 2**32)))
+@given(
+    schedules(),
+    st.integers(1, 90),
+    st.integers(1, 3),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 2**32)),
+)
 def test_every_sample_once_per_epoch_and_sizes_follow_schedule(schedule, n, epochs, drop, seed):
-    b = RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop,
-                      shuffle_seed=seed)
+    b = RampupBatches(
+        np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop, shuffle_seed=seed
+    )
     batches = list(b)
     plan = Plan(schedule)
     assert len(batches) == len(b)
@@ -56,34 +61,52 @@ def test_every_sample_once_per_epoch_and_sizes_follow_schedule(schedule, n, epoc
         assert len(batch) == plan.size(k)
     last = len(batches) - 1
     if batches:
-        assert len(batches[-1]) == (plan.size(last) if drop else min(
-            plan.size(last), n * epochs - plan.offset(last)))
+        assert len(batches[-1]) == (
+            plan.size(last) if drop else min(plan.size(last), n * epochs - plan.offset(last))
+        )
     flat = np.concatenate(batches) if batches else np.array([], dtype=np.int64)
     total = n * epochs
     assert len(flat) == (total if not drop else plan.offset(len(batches)))
     for e in range(len(flat) // n):
-        assert sorted(flat[e * n:(e + 1) * n].tolist()) == list(range(n))
-    assert len(set(flat[(len(flat) // n) * n:].tolist())) == len(flat) % n  # no repeats
+        assert sorted(flat[e * n : (e + 1) * n].tolist()) == list(range(n))
+    assert len(set(flat[(len(flat) // n) * n :].tolist())) == len(flat) % n  # no repeats
 
 
 @given(schedules(), st.integers(8, 60), st.sampled_from(PROCESS_COUNTS), st.integers(0, 40))
 def test_process_slices_concatenate_to_one_process_batch(schedule, n, p, step):
     whole = RampupBatches(np.arange(n), schedule, shuffle_seed=5)
-    parts = [RampupBatches(np.arange(n), schedule, shuffle_seed=5, process_index=i,
-                           process_count=p)[step] for i in range(p)]
+    parts = [
+        RampupBatches(np.arange(n), schedule, shuffle_seed=5, process_index=i, process_count=p)[
+            step
+        ]
+        for i in range(p)
+    ]
     np.testing.assert_array_equal(np.concatenate(parts), whole[step])
     assert len({len(x) for x in parts}) == 1
 
 
-@given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans(),
-       st.sampled_from(PROCESS_COUNTS))
+@given(
+    schedules(),
+    st.integers(1, 90),
+    st.integers(1, 3),
+    st.booleans(),
+    st.sampled_from(PROCESS_COUNTS),
+)
 def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epochs, drop, p):
     whole = RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop)
     plan = Plan(schedule)
     remainder = n * epochs - plan.offset(len(whole) - 1) if len(whole) else 0
-    make = [lambda i=i: RampupBatches(np.arange(n), schedule, num_epochs=epochs,
-                                      drop_remainder=drop, process_index=i, process_count=p)
-            for i in range(p)]
+    make = [
+        lambda i=i: RampupBatches(
+            np.arange(n),
+            schedule,
+            num_epochs=epochs,
+            drop_remainder=drop,
+            process_index=i,
+            process_count=p,
+        )
+        for i in range(p)
+    ]
     if not drop and remainder % p:
         with pytest.raises(ValueError, match=f"last batch \\(step {len(whole) - 1}.*not divisible"):
             make[0]()
@@ -95,8 +118,9 @@ def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epoc
         np.testing.assert_array_equal(np.concatenate(slices), whole[step])
 
 
-@given(schedules(), st.integers(1, 50), st.integers(0, 60),
-       st.one_of(st.none(), st.integers(0, 100)))
+@given(
+    schedules(), st.integers(1, 50), st.integers(0, 60), st.one_of(st.none(), st.integers(0, 100))
+)
 def test_restore_at_random_step_continues_identically(schedule, n, step, seed):
     b = RampupBatches(np.arange(n), schedule, shuffle_seed=seed, num_epochs=3)
     steps = len(b)
@@ -118,10 +142,10 @@ def test_restore_at_random_step_continues_identically(schedule, n, step, seed):
 def test_any_worker_count_gives_the_one_worker_sequence(schedule, n, start, workers):
     b = RampupBatches(np.arange(n), schedule, num_epochs=2)
     start = min(start, len(b))
-    per_worker = [list(b.iter_from(start, worker_index=w, worker_count=workers))
-                  for w in range(workers)]
-    merged = [per_worker[i % workers][i // workers]
-              for i in range(sum(map(len, per_worker)))]
+    per_worker = [
+        list(b.iter_from(start, worker_index=w, worker_count=workers)) for w in range(workers)
+    ]
+    merged = [per_worker[i % workers][i // workers] for i in range(sum(map(len, per_worker)))]
     expected = list(b.iter_from(start))
     assert [x.tolist() for x in merged] == [x.tolist() for x in expected]
 
@@ -160,8 +184,12 @@ def running_sum(sizes: list[int]) -> list[int]:
     return offsets
 
 
-@given(st.integers(1, 16), st.dictionaries(st.integers(1, 400), st.integers(1, 16), max_size=5),
-       st.sampled_from(["samples", "tokens"]), st.integers(1, 8))
+@given(
+    st.integers(1, 16),
+    st.dictionaries(st.integers(1, 400), st.integers(1, 16), max_size=5),
+    st.sampled_from(["samples", "tokens"]),
+    st.integers(1, 8),
+)
 def test_sample_and_token_thresholds_match_a_step_by_step_simulation(first, later, unit, tps):
     table = {0: first, **later}
     options = {"unit": unit, **({"tokens_per_sample": tps} if unit == "tokens" else {})}
@@ -172,8 +200,10 @@ def test_sample_and_token_thresholds_match_a_step_by_step_simulation(first, late
     assert [plan.offset(k) for k in range(81)] == running_sum(expected)
 
 
-@given(st.integers(1, 16), st.dictionaries(st.integers(1, 300), st.sampled_from([0.5, 1, 2, 3]),
-                                           max_size=4))
+@given(
+    st.integers(1, 16),
+    st.dictionaries(st.integers(1, 300), st.sampled_from([0.5, 1, 2, 3]), max_size=4),
+)
 def test_stepwise_sample_boundaries_match_a_step_by_step_simulation(batch_size, scales):
     # The xLSTM rule in samples: int(batch_size * f_b) for the largest boundary b reached.
     table = {0: batch_size, **{b: int(batch_size * f) for b, f in scales.items()}}
@@ -183,8 +213,9 @@ def test_stepwise_sample_boundaries_match_a_step_by_step_simulation(batch_size, 
     assert [schedule(k) for k in range(60)] == simulate(table, 60)
 
 
-def megatron_size(consumed: int, start: int, increment: int, rampup_samples: int,
-                  final: int) -> int:
+def megatron_size(
+    consumed: int, start: int, increment: int, rampup_samples: int, final: int
+) -> int:
     """Megatron-LM's `RampupBatchsizeNumMicroBatchesCalculator.update`, as published.
 
     The global batch size after `consumed` samples, with its float division.

@@ -22,8 +22,9 @@ def elements() -> np.ndarray:
 
 def whole_batches(num_epochs=1, shuffle_seed=1) -> list[list[float]]:
     """The one-process global batches, the oracle of every recipe."""
-    batches = rampup.RampupBatches(elements(), SCHEDULE, shuffle_seed=shuffle_seed,
-                                   num_epochs=num_epochs)
+    batches = rampup.RampupBatches(
+        elements(), SCHEDULE, shuffle_seed=shuffle_seed, num_epochs=num_epochs
+    )
     return [b[:, 0].tolist() for b in batches]
 
 
@@ -75,19 +76,31 @@ accelerator.end_training()
 
 
 @pytest.mark.slow
-def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(tmp_path,
-                                                                          run_on_free_port):
+def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(
+    tmp_path, run_on_free_port
+):
     pytest.importorskip("accelerate")
 
     def launch(port):  # torch's TCPStore on MASTER_PORT, as torchrun sets it up
         procs = []
         for rank in (0, 1):
-            env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
-                   "LOCAL_WORLD_SIZE": "2"}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", ACCELERATE_RANK, str(tmp_path / f"rank{rank}.json")],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            env = {
+                **os.environ,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": "2",
+            }
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", ACCELERATE_RANK, str(tmp_path / f"rank{rank}.json")],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         return procs
 
     procs, logs = run_on_free_port(launch, timeout=120)
@@ -98,7 +111,8 @@ def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(tmp_pat
     assert union == whole_batches()
     plan = rampup.Plan(SCHEDULE)
     assert [len(a) + len(b) for a, b in zip(ranks[0]["rows"], ranks[1]["rows"], strict=True)][
-        :-1] == [plan.size(k) for k in range(len(union) - 1)]
+        :-1
+    ] == [plan.size(k) for k in range(len(union) - 1)]
     # DDP kept the replicas equal: the model was prepared, the data was not.
     assert ranks[0]["weights"] == ranks[1]["weights"]
     for r in ranks:
@@ -135,12 +149,16 @@ def lightning_module(num_epochs, num_workers, multiprocessing_context=None):
             self.seen = []  # (global step, the batch's first column, loss)
 
         def train_dataloader(self):
-            dataset = RampupIterableDataset(elements(), SCHEDULE, shuffle=True, seed=1,
-                                            num_epochs=num_epochs)
+            dataset = RampupIterableDataset(
+                elements(), SCHEDULE, shuffle=True, seed=1, num_epochs=num_epochs
+            )
             dataset.set_step(self.trainer.global_step)  # exact resume: O(1) at any step
             return torch.utils.data.DataLoader(
-                dataset, batch_size=None, num_workers=num_workers,
-                multiprocessing_context=multiprocessing_context if num_workers else None)
+                dataset,
+                batch_size=None,
+                num_workers=num_workers,
+                multiprocessing_context=multiprocessing_context if num_workers else None,
+            )
 
         def training_step(self, batch, batch_idx):
             loss = self.layer(batch / 100).pow(2).mean()
@@ -157,24 +175,32 @@ def lightning_module(num_epochs, num_workers, multiprocessing_context=None):
 def trainer(**kwargs):
     import lightning
 
-    return lightning.Trainer(accelerator="cpu", devices=1, logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    return lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
 
 
-def test_lightning_resume_from_its_checkpoint_continues_exactly(tmp_path,
-                                                                multiprocessing_context):
+def test_lightning_resume_from_its_checkpoint_continues_exactly(tmp_path, multiprocessing_context):
     lightning = pytest.importorskip("lightning")
-    run = lightning_module(num_epochs=None, num_workers=2,
-                           multiprocessing_context=multiprocessing_context)
-    every_3 = lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3,
-                                                          save_top_k=-1)
+    run = lightning_module(
+        num_epochs=None, num_workers=2, multiprocessing_context=multiprocessing_context
+    )
+    every_3 = lightning.pytorch.callbacks.ModelCheckpoint(
+        dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1
+    )
     trainer(max_steps=8, callbacks=[every_3]).fit(run)
-    assert [(step, len(rows)) for step, rows, _ in run.seen] == [
-        (k, SCHEDULE(k)) for k in range(8)]
-    resumed = lightning_module(num_epochs=None, num_workers=2,
-                               multiprocessing_context=multiprocessing_context)
+    assert [(step, len(rows)) for step, rows, _ in run.seen] == [(k, SCHEDULE(k)) for k in range(8)]
+    resumed = lightning_module(
+        num_epochs=None, num_workers=2, multiprocessing_context=multiprocessing_context
+    )
     trainer(max_steps=8, enable_checkpointing=False).fit(
-        resumed, ckpt_path=tmp_path / "epoch=0-step=3.ckpt")
+        resumed, ckpt_path=tmp_path / "epoch=0-step=3.ckpt"
+    )
     # Same steps, same batches and, with the model restored, the same losses.
     assert resumed.seen == run.seen[3:]
 
@@ -206,8 +232,11 @@ def stateful_loader(num_workers, multiprocessing_context=None):
 
     dataset = RampupIterableDataset(elements(), SCHEDULE, shuffle=True, seed=1, num_epochs=2)
     return torchdata.StatefulDataLoader(
-        dataset, batch_size=None, num_workers=num_workers,
-        multiprocessing_context=multiprocessing_context if num_workers else None)
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        multiprocessing_context=multiprocessing_context if num_workers else None,
+    )
 
 
 def test_stateful_dataloader_restores_into_a_new_loader_exactly(multiprocessing_context):
@@ -224,7 +253,8 @@ def test_stateful_dataloader_restores_into_a_new_loader_exactly(multiprocessing_
 
 @pytest.mark.parametrize("num_workers", [0, 3])
 def test_stateful_dataloader_cannot_change_the_worker_count_but_set_step_can(
-        num_workers, multiprocessing_context):
+    num_workers, multiprocessing_context
+):
     loader = stateful_loader(2, multiprocessing_context)
     it = iter(loader)
     for _ in range(5):
@@ -255,27 +285,33 @@ def grain_pipelines():
         return grain.MapDataset.range(LENGTH).shuffle(seed=3).map(as_int64)
 
     def map_pipeline():
-        return RampupMapDataset(source(), SCHEDULE, num_epochs=2, process_index=0,
-                                process_count=1).to_iter_dataset()
+        return RampupMapDataset(
+            source(), SCHEDULE, num_epochs=2, process_index=0, process_count=1
+        ).to_iter_dataset()
 
     def map_pipeline_two_workers():
         options = grain.MultiprocessingOptions(num_workers=2, per_worker_buffer_size=2)
         return map_pipeline().mp_prefetch(options)
 
     def stream_pipeline():
-        return RampupIterDataset(source().repeat(2).to_iter_dataset(), SCHEDULE,
-                                 process_index=0, process_count=1)
+        return RampupIterDataset(
+            source().repeat(2).to_iter_dataset(), SCHEDULE, process_index=0, process_count=1
+        )
 
-    return {"map": map_pipeline, "map_mp_prefetch": map_pipeline_two_workers,
-            "stream": stream_pipeline}
+    return {
+        "map": map_pipeline,
+        "map_mp_prefetch": map_pipeline_two_workers,
+        "stream": stream_pipeline,
+    }
 
 
 def expire(signum, frame):
     raise TimeoutError("the mp_prefetch pipeline ran past 120 s")
 
 
-@pytest.mark.parametrize("kind", ["map", pytest.param("map_mp_prefetch", marks=pytest.mark.slow),
-                                  "stream"])
+@pytest.mark.parametrize(
+    "kind", ["map", pytest.param("map_mp_prefetch", marks=pytest.mark.slow), "stream"]
+)
 def test_orbax_checkpoint_manager_with_grain_handler_continues_exactly(kind, tmp_path):
     ocp = pytest.importorskip("orbax.checkpoint")
     grain = pytest.importorskip("grain")
@@ -303,22 +339,34 @@ def check_orbax_round_trip(kind, tmp_path, ocp, grain):
     for _ in range(5):
         next(it)
     with ocp.CheckpointManager(tmp_path) as manager:
-        manager.save(5, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), data=grain.checkpoint.CheckpointSave(it)))
+        manager.save(
+            5,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), data=grain.checkpoint.CheckpointSave(it)
+            ),
+        )
         manager.wait_until_finished()
     if hasattr(it, "close"):
         it.close()
     with ocp.CheckpointManager(tmp_path) as manager:
         step = manager.latest_step()
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params),
-            data=grain.checkpoint.CheckpointRestore(iter(make()))))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(params),
+                data=grain.checkpoint.CheckpointRestore(iter(make())),
+            ),
+        )
     assert step == 5
     np.testing.assert_array_equal(restored["params"]["w"], params["w"])
     assert [b.tolist() for b in restored["data"]] == whole[5:]
     if kind == "map_mp_prefetch":
         # The state is the step's: it restores without mp_prefetch's workers too.
         with ocp.CheckpointManager(tmp_path) as manager:
-            alone = manager.restore(step, args=ocp.args.Composite(
-                data=grain.checkpoint.CheckpointRestore(iter(grain_pipelines()["map"]()))))
+            alone = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    data=grain.checkpoint.CheckpointRestore(iter(grain_pipelines()["map"]()))
+                ),
+            )
         assert [b.tolist() for b in alone["data"]] == whole[5:]

@@ -153,8 +153,15 @@ def test_unknown_config_key_is_rejected():
 
 @pytest.mark.parametrize(
     ("bad", "error"),
-    [(0, ValueError), (-4, ValueError), (8.0, TypeError), (math.nan, TypeError),
-     (True, TypeError), (None, TypeError), ("8", TypeError)],
+    [
+        (0, ValueError),
+        (-4, ValueError),
+        (8.0, TypeError),
+        (math.nan, TypeError),
+        (True, TypeError),
+        (None, TypeError),
+        ("8", TypeError),
+    ],
 )
 def test_bad_sizes_are_errors(bad, error):
     with pytest.raises(error, match=repr(bad) if error is TypeError else str(bad)):
@@ -178,8 +185,10 @@ def test_scale_rounding_to_zero_fails_when_built_naming_boundary():
         stepwise(256, {0: 1.0, 100: 0.001})
 
 
-@pytest.mark.parametrize(("scale", "error"), [(-0.5, ValueError), (math.inf, ValueError),
-                                          ("0.5", TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    ("scale", "error"),
+    [(-0.5, ValueError), (math.inf, ValueError), ("0.5", TypeError), (None, TypeError)],
+)
 def test_bad_scales_are_errors(scale, error):
     with pytest.raises(error, match="scale"):
         stepwise(256, {0: scale})

@@ -125,8 +125,7 @@ def small_windows(rows):
     epochs=st.integers(1, 3),
     drop_remainder=st.booleans(),
 )
-def test_native_equals_core_across_many_windows(sizes, first, rows, length, epochs,
-                                                drop_remainder):
+def test_native_equals_core_across_many_windows(sizes, first, rows, length, epochs, drop_remainder):
     schedule = piecewise({0: first, **sizes})
     data = np.arange(length, dtype=np.int64)
     with small_windows(rows):
@@ -158,8 +157,9 @@ def test_native_reads_the_source_once_in_order():
     with small_windows(7):
         got = [as_numpy(b) for b in rampup_batch(ds, SCHEDULES["linear"])]
     assert read == list(range(200))
-    assert_batches_equal(got, list(RampupBatches(np.arange(200), SCHEDULES["linear"],
-                                                 num_epochs=1)))
+    assert_batches_equal(
+        got, list(RampupBatches(np.arange(200), SCHEDULES["linear"], num_epochs=1))
+    )
 
 
 def test_native_keeps_nested_structure_and_dtypes():
@@ -168,8 +168,10 @@ def test_native_keeps_nested_structure_and_dtypes():
     spec = ds.element_spec
     assert spec["image"] == tf.TensorSpec((None, 2, 3), tf.uint8)
     assert spec["meta"] == (tf.TensorSpec((None,), tf.float64), tf.TensorSpec((None,), tf.int64))
-    elements = [{"image": data["image"][i], "meta": (data["meta"][0][i], data["meta"][1][i])}
-                for i in range(10)]
+    elements = [
+        {"image": data["image"][i], "meta": (data["meta"][0][i], data["meta"][1][i])}
+        for i in range(10)
+    ]
     want = list(RampupBatches(elements, SCHEDULES["piecewise"], num_epochs=1))
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
@@ -212,12 +214,14 @@ def test_native_rejects_a_batch_source():
 @pytest.mark.parametrize("drop_remainder", [False, True])
 def test_generator_equals_core_over_shuffled_epochs(name, drop_remainder):
     data = np.arange(21, dtype=np.float32)
-    batches = RampupBatches(data, SCHEDULES[name], shuffle_seed=3, num_epochs=3,
-                            drop_remainder=drop_remainder)
+    batches = RampupBatches(
+        data, SCHEDULES[name], shuffle_seed=3, num_epochs=3, drop_remainder=drop_remainder
+    )
     got = [as_numpy(b) for b in to_tf_dataset(batches)]
     assert_batches_equal(got, list(batches))
-    assert [len(b) for b in got[:-1]] == [Plan(SCHEDULES[name]).size(k)
-                                          for k in range(len(got) - 1)]
+    assert [len(b) for b in got[:-1]] == [
+        Plan(SCHEDULES[name]).size(k) for k in range(len(got) - 1)
+    ]
 
 
 def test_generator_over_an_iterable_starts_at_step_0_on_every_iteration():
@@ -253,19 +257,24 @@ def test_generator_over_a_stream_batcher():
     data = [(np.full(2, i, np.int16), str(i)) for i in range(30)]
     ds = to_tf_dataset(StreamBatcher(iter(data), SCHEDULES["piecewise"]))
     want = list(StreamBatcher(iter(data), SCHEDULES["piecewise"]))
-    assert ds.element_spec == (tf.TensorSpec((None, 2), tf.int16),
-                               tf.TensorSpec((None,), tf.string))
+    assert ds.element_spec == (
+        tf.TensorSpec((None, 2), tf.int16),
+        tf.TensorSpec((None,), tf.string),
+    )
     got = [as_numpy(b) for b in ds]
     assert_batches_equal(got, [(x, y.astype(bytes)) for x, y in want])
 
 
 def test_generator_keeps_dicts_tuples_namedtuples_and_turns_lists_into_tuples():
-    elements = [{"pair": Pair(np.float16(i), np.arange(3) + i), "list": [np.int8(i), np.bool_(1)]}
-                for i in range(12)]
+    elements = [
+        {"pair": Pair(np.float16(i), np.arange(3) + i), "list": [np.int8(i), np.bool_(1)]}
+        for i in range(12)
+    ]
     ds = to_tf_dataset(RampupBatches(elements, SCHEDULES["piecewise"], num_epochs=1))
     spec = ds.element_spec
-    assert spec["pair"] == Pair(tf.TensorSpec((None,), tf.float16),
-                                tf.TensorSpec((None, 3), tf.int64))
+    assert spec["pair"] == Pair(
+        tf.TensorSpec((None,), tf.float16), tf.TensorSpec((None, 3), tf.int64)
+    )
     assert spec["list"] == (tf.TensorSpec((None,), tf.int8), tf.TensorSpec((None,), tf.bool))
     first = next(iter(ds))
     assert isinstance(first["pair"], Pair)
@@ -334,9 +343,19 @@ def test_keras_fit_sees_the_scheduled_sizes(path, batch_size_metric):
 def _in_fresh_interpreter(test_name):
     """Runs one test of this module where TF has not set up its devices yet."""
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{__file__}::{test_name}"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "RAMPUP_TF_CHILD": "1"},
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::{test_name}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAMPUP_TF_CHILD": "1"},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -355,8 +374,10 @@ def test_mirrored_strategy_gives_each_replica_its_slice():
         return rampup_batch(source_ds(data).repeat(), schedule, input_context=context)
 
     it = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    replicas = [RampupBatches(data, schedule, process_index=r, process_count=2).iter_from(0)
-                for r in range(2)]
+    replicas = [
+        RampupBatches(data, schedule, process_index=r, process_count=2).iter_from(0)
+        for r in range(2)
+    ]
     for k in range(9):
         local = strategy.experimental_local_results(next(it))
         assert len(local) == 2
@@ -367,8 +388,9 @@ def test_mirrored_strategy_gives_each_replica_its_slice():
 
 @pytest.mark.parametrize(("pipelines", "pipeline", "replicas"), [(1, 0, 2), (2, 1, 2), (2, 0, 4)])
 @pytest.mark.parametrize("structure", ["tensor", "1-tuple", "dict"])
-def test_input_context_gives_each_pipeline_its_replicas_slices(pipelines, pipeline, replicas,
-                                                               structure):
+def test_input_context_gives_each_pipeline_its_replicas_slices(
+    pipelines, pipeline, replicas, structure
+):
     schedule = piecewise({0: 4, 3: 8, 7: 12})
     data = np.arange(150, dtype=np.int64)
     wrap, unwrap = {
@@ -378,12 +400,23 @@ def test_input_context_gives_each_pipeline_its_replicas_slices(pipelines, pipeli
     }[structure]
     context = tf.distribute.InputContext(pipelines, pipeline, replicas)
     with small_windows(10):
-        ds = rampup_batch(source_ds(wrap(data)), schedule, drop_remainder=True,
-                          input_context=context)
+        ds = rampup_batch(
+            source_ds(wrap(data)), schedule, drop_remainder=True, input_context=context
+        )
     got = [unwrap(as_numpy(b)) for b in ds]
-    slices = [list(RampupBatches(data, schedule, num_epochs=1, drop_remainder=True,
-                                 process_index=r, process_count=replicas))
-              for r in range(replicas)]
+    slices = [
+        list(
+            RampupBatches(
+                data,
+                schedule,
+                num_epochs=1,
+                drop_remainder=True,
+                process_index=r,
+                process_count=replicas,
+            )
+        )
+        for r in range(replicas)
+    ]
     mine = range(pipeline * replicas // pipelines, (pipeline + 1) * replicas // pipelines)
     assert_batches_equal(got, [slices[r][k] for k in range(len(slices[0])) for r in mine])
 
@@ -396,8 +429,9 @@ def test_mirrored_strategy_rejects_a_size_that_does_not_divide():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
     def dataset_fn(context):
-        return rampup_batch(source_ds(np.arange(10)).repeat(), piecewise({0: 4, 3: 6, 5: 9}),
-                            input_context=context)
+        return rampup_batch(
+            source_ds(np.arange(10)).repeat(), piecewise({0: 4, 3: 6, 5: 9}), input_context=context
+        )
 
     with pytest.raises(ValueError, match=r"batch size 9 at step 5 .*process_count=2"):
         strategy.distribute_datasets_from_function(dataset_fn)

@@ -26,8 +26,10 @@ SIZES = [2] * 5 + [5] * 2 + [3] * 6 + [1]  # 39 positions, by hand
 ARRAY = np.arange(N * 2, dtype=np.int64).reshape(N, 2)
 Pair = namedtuple("Pair", ["a", "b"])
 
-pytestmark = [pytest.mark.filterwarnings("ignore:This DataLoader will create"),
-              pytest.mark.filterwarnings("ignore:'set_vital' is deprecated")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:This DataLoader will create"),
+    pytest.mark.filterwarnings("ignore:'set_vital' is deprecated"),
+]
 
 
 class DictDataset(Dataset):
@@ -82,6 +84,7 @@ SCENARIOS = {
 @pytest.fixture
 def loader(multiprocessing_context):
     """Makes `DataLoader(ds, batch_size=None, num_workers=W)`, workers started the safe way."""
+
     def make(ds, num_workers, cls=DataLoader):
         context = multiprocessing_context if num_workers else None
         return cls(ds, batch_size=None, num_workers=num_workers, multiprocessing_context=context)
@@ -91,12 +94,23 @@ def loader(multiprocessing_context):
 
 def make(scenario, set_step=True):
     s = SCENARIOS[scenario]
-    ds = RampupIterableDataset(s["source"], SCHEDULE, shuffle=s["shuffle"], seed=7, num_epochs=3,
-                               drop_remainder=s["drop_remainder"])
+    ds = RampupIterableDataset(
+        s["source"],
+        SCHEDULE,
+        shuffle=s["shuffle"],
+        seed=7,
+        num_epochs=3,
+        drop_remainder=s["drop_remainder"],
+    )
     if set_step:
         ds.set_step(s["start"])
-    core = RampupBatches(s["source"], SCHEDULE, shuffle_seed=7 if s["shuffle"] else None,
-                         num_epochs=3, drop_remainder=s["drop_remainder"])
+    core = RampupBatches(
+        s["source"],
+        SCHEDULE,
+        shuffle_seed=7 if s["shuffle"] else None,
+        num_epochs=3,
+        drop_remainder=s["drop_remainder"],
+    )
     return ds, list(core.iter_from(s["start"]))
 
 
@@ -213,8 +227,12 @@ def test_a_state_from_another_schedule_raises():
 def test_rank_slices_concatenate_to_the_one_process_batch():
     schedule = piecewise({0: 2, 5: 6, 7: 4})
     whole = list(RampupIterableDataset(ARRAY, schedule, shuffle=True, num_epochs=2))
-    ranks = [list(RampupIterableDataset(ARRAY, schedule, shuffle=True, num_epochs=2, rank=r,
-                                        world_size=2)) for r in (0, 1)]
+    ranks = [
+        list(
+            RampupIterableDataset(ARRAY, schedule, shuffle=True, num_epochs=2, rank=r, world_size=2)
+        )
+        for r in (0, 1)
+    ]
     assert_same_batches([torch.cat(pair) for pair in zip(*ranks, strict=True)], whole)
 
 
@@ -278,10 +296,11 @@ def test_a_collate_error_in_a_worker_keeps_its_original_message(loader):
         raise_from_workers(ds, loader)
 
 
-@pytest.mark.parametrize(("num_workers", "draw", "scenario"), [
-    (2, 0, "shuffle-dicts-drop"), (2, 1, "shuffle-set_step-5"), (0, 2, "shuffle-dicts-drop")])
-def test_stateful_dataloader_resumes_mid_epoch_identically(num_workers, draw, scenario,
-                                                          loader):
+@pytest.mark.parametrize(
+    ("num_workers", "draw", "scenario"),
+    [(2, 0, "shuffle-dicts-drop"), (2, 1, "shuffle-set_step-5"), (0, 2, "shuffle-dicts-drop")],
+)
+def test_stateful_dataloader_resumes_mid_epoch_identically(num_workers, draw, scenario, loader):
     stateful = pytest.importorskip("torchdata.stateful_dataloader")
     # With 2 workers, one checkpoint after an odd and one after an even number
     # of batches, so that either worker may be the one that yielded last.
@@ -335,10 +354,15 @@ def test_two_gloo_ranks_concatenate_to_the_one_process_batch(tmp_path):
     # take it in between); gloo's own connections bind to ports the system assigns.
     store = (tmp_path / "store").as_uri()
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
-    procs = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(r), store,
-                               str(tmp_path / f"rank{r}.npz")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_SCRIPT, str(r), store, str(tmp_path / f"rank{r}.npz")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in (0, 1)
+    ]
     try:
         outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
     finally:
@@ -351,10 +375,17 @@ def test_two_gloo_ranks_concatenate_to_the_one_process_batch(tmp_path):
     for r in (0, 1):
         with np.load(tmp_path / f"rank{r}.npz") as f:
             ranks.append([f[f"arr_{i}"] for i in range(len(f.files))])
-    whole = list(RampupBatches(np.arange(26).reshape(13, 2), piecewise({0: 2, 5: 6, 7: 4}),
-                               shuffle_seed=3, num_epochs=2))
-    assert_same_batches([torch.from_numpy(np.concatenate(pair))
-                         for pair in zip(*ranks, strict=True)], whole)
+    whole = list(
+        RampupBatches(
+            np.arange(26).reshape(13, 2),
+            piecewise({0: 2, 5: 6, 7: 4}),
+            shuffle_seed=3,
+            num_epochs=2,
+        )
+    )
+    assert_same_batches(
+        [torch.from_numpy(np.concatenate(pair)) for pair in zip(*ranks, strict=True)], whole
+    )
 
 
 def test_load_state_dict_refuses_a_state_of_the_old_shuffle():

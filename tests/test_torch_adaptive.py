@@ -47,8 +47,9 @@ def core_run():
 
 
 def loader_for(schedule, num_workers, rank=0, world_size=1):
-    dataset = RampupIterableDataset(SOURCE, schedule, shuffle=True, seed=3, rank=rank,
-                                    world_size=world_size)
+    dataset = RampupIterableDataset(
+        SOURCE, schedule, shuffle=True, seed=3, rank=rank, world_size=world_size
+    )
     options = {"prefetch_factor": 1} if num_workers else {}
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, **options)
 
@@ -101,15 +102,21 @@ def test_workers_without_follow_refuse_a_step_their_copy_has_not_decided():
 
 def test_follow_refuses_a_lag_below_the_run_ahead():
     schedule = AdaptiveSchedule(4, lag=4)
-    loader = DataLoader(RampupIterableDataset(SOURCE, schedule), batch_size=None, num_workers=2,
-                        prefetch_factor=2)
+    loader = DataLoader(
+        RampupIterableDataset(SOURCE, schedule), batch_size=None, num_workers=2, prefetch_factor=2
+    )
     with pytest.raises(ValueError, match="up to 4 steps ahead.*lag >= 5"):
         follow(loader)
 
 
 def test_follow_refuses_persistent_workers():
-    loader = DataLoader(RampupIterableDataset(SOURCE, make_schedule()), batch_size=None,
-                        num_workers=1, prefetch_factor=1, persistent_workers=True)
+    loader = DataLoader(
+        RampupIterableDataset(SOURCE, make_schedule()),
+        batch_size=None,
+        num_workers=1,
+        prefetch_factor=1,
+        persistent_workers=True,
+    )
     with pytest.raises(ValueError, match="persistent_workers=False"):
         follow(loader)
 
@@ -123,9 +130,15 @@ def free_port():
 def test_ddp_hook_gives_the_local_and_the_all_reduced_norms_on_two_gloo_ranks():
     worker = pathlib.Path(__file__).with_name("torch_ddp_worker.py")
     port = free_port()
-    processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(rank), "2"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for rank in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(worker), str(port), str(rank), "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
     outputs = []
     try:
         for process in processes:
@@ -147,7 +160,8 @@ def test_lr_lambda_follows_the_decisions():
     schedule = AdaptiveSchedule(8, lag=2, policy=GrowthPolicy(patience=1))
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     lambda_lr = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(schedule, rule="linear", reference_size=32))
+        optimizer, lr_lambda(schedule, rule="linear", reference_size=32)
+    )
     seen = []
     for step in range(4):
         seen.append(optimizer.param_groups[0]["lr"])

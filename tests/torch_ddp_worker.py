@@ -17,8 +17,13 @@ from torch.nn.parallel import DistributedDataParallel
 from rampup.adapters.torch import GradNoiseNorms
 
 port, rank, world = (int(v) for v in sys.argv[1:4])
-dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                        world_size=world, timeout=datetime.timedelta(seconds=60))
+dist.init_process_group(
+    "gloo",
+    init_method=f"tcp://127.0.0.1:{port}",
+    rank=rank,
+    world_size=world,
+    timeout=datetime.timedelta(seconds=60),
+)
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 reference = copy.deepcopy(model)
@@ -49,8 +54,9 @@ for step in range(2):
     local = []
     for r in range(world):
         reference.zero_grad()
-        loss_of(reference, x[r * per_rank:(r + 1) * per_rank],
-                y[r * per_rank:(r + 1) * per_rank]).backward()
+        loss_of(
+            reference, x[r * per_rank : (r + 1) * per_rank], y[r * per_rank : (r + 1) * per_rank]
+        ).backward()
         local.append(sq_norm(reference))
     reference.zero_grad()
     loss_of(reference, x, y).backward()
