@@ -642,8 +642,9 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         if mp.process_count > 1:
             raise ValueError(
                 f"{self._name} runs inside mp_prefetch worker {mp.process_index} of "
-                f"{mp.process_count}: each worker would pull its own B(k) elements, so global "
-                f"step k would hold {mp.process_count}x the scheduled size. Place it after "
+                f"{mp.process_count}: each worker would count its own steps, so the ramp would "
+                f"be stretched {mp.process_count}x (global step k would get B(k // "
+                f"{mp.process_count}) instead of B(k)). Place it after "
                 "mp_prefetch (ds.mp_prefetch(...) then the ramp-up), or batch a MapDataset "
                 "with RampupMapDataset before to_iter_dataset().mp_prefetch(...)."
             )
@@ -694,7 +695,7 @@ class RampupIterDataset(grain.IterDataset):
     """Batches a `grain.IterDataset` by a schedule (stream mode).
 
     Place it after `mp_prefetch`: inside a worker (several workers) it raises
-    rather than scale every step by the worker count.
+    rather than stretch the ramp by the worker count.
 
     Args:
       parent: the elements, this process's share of the stream.

@@ -11,9 +11,10 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
-from rampup.demo import BACKENDS, DEFAULT_STEPS
+from rampup import __version__
+from rampup.demo import BACKENDS, DEFAULT_STEPS, install_hint
 from rampup.demo import main as run_demo
 from rampup.plan import Plan
 from rampup.scaling import RULES, scaled
@@ -30,34 +31,101 @@ DEFAULT_SCHEDULE = {
 }
 DEFAULT_TOKENS_PER_SAMPLE = 2048
 DEFAULT_TOKENS = 10_000_000_000
+SCHEDULE_FORMS = (
+    'inline JSON such as \'{"type": "constant", "size": 32}\', or the path of a '
+    ".json, .yaml/.yml or .toml file with the same keys (examples/ramp.yaml)"
+)
+MAX_ROWS = 40
 
 
-def load_spec(spec: str) -> dict[str, Any]:
-    """A schedule config from inline JSON or a .json, .yaml/.yml or .toml file."""
-    if spec.lstrip().startswith("{"):
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= `minimum`, refused with the value and the valid range."""
+
+    def parse(text: str) -> int:
         try:
-            return json.loads(spec)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--schedule is not valid JSON: {e}") from e
-    path = pathlib.Path(spec)
-    if not path.is_file():
-        raise ValueError(
-            f"--schedule {spec!r} is neither inline JSON (starting with '{{') nor an existing file"
-        )
-    text = path.read_text()
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_file(path: pathlib.Path) -> Any:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot be read as text: {e}") from None
     suffix = path.suffix.lower()
     if suffix == ".toml":
-        return tomllib.loads(text)
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:  # its message ends with "(at line L, column C)"
+            raise ValueError(f"{path}: not valid TOML: {e}") from None
     if suffix in (".yaml", ".yml"):
         try:
             import yaml
-        except ImportError as e:
+        except ImportError:
             raise ValueError(
-                f"reading {path.name} needs PyYAML, which is not installed: "
-                "pip install pyyaml, or write the schedule as JSON or TOML"
-            ) from e
-        return yaml.safe_load(text)
-    return json.loads(text)
+                f"reading {path} needs PyYAML, which is not installed: pip install "
+                "pyyaml, or write the schedule as JSON or TOML"
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            if isinstance(e, yaml.constructor.ConstructorError):
+                problem += " (a schedule file holds plain data: no !!python or other tags)"
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
+        ) from None
+
+
+def load_spec(spec: str) -> dict[str, Any]:
+    """A schedule config from inline JSON or a .json, .yaml/.yml or .toml file.
+
+    Args:
+      spec: the text of `--schedule`.
+
+    Returns:
+      The config dict, checked to build a schedule.
+
+    Raises:
+      ValueError: naming the file (and line) or the inline text, and what would be valid.
+    """
+    if spec.lstrip().startswith("{"):
+        where = "--schedule"
+        try:
+            config = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"--schedule is not valid JSON at column {e.colno}: {e.msg}; give {SCHEDULE_FORMS}"
+            ) from None
+    else:
+        path = pathlib.Path(spec)
+        if not path.is_file():
+            missing = "no such file" if path.suffix else "neither inline JSON nor a file"
+            raise ValueError(f"--schedule {spec!r}: {missing}; give {SCHEDULE_FORMS}")
+        where = str(path)
+        config = _parse_file(path)
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{where}: a schedule is a mapping with a 'type' key, got "
+            f"{type(config).__name__} {config!r:.60}; give {SCHEDULE_FORMS}"
+        )
+    try:
+        from_config(config)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{where}: {e}") from None
+    return config
 
 
 def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
@@ -68,15 +136,34 @@ def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
     return from_config(config)
 
 
-def plot(plan: Plan, steps: int, path: str, lr: Callable[[int], float] | None = None) -> None:
-    """Draws batch size and samples consumed (and the lr, if given) against steps into a PNG."""
+def plot_path(arg: str) -> pathlib.Path:
+    """The file `--plot` writes (`.png` added to a name without a suffix); checks matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"--plot needs matplotlib, which is not installed: {install_hint('plot')}"
+        ) from None
+    path = pathlib.Path(arg)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    if not path.parent.is_dir():
+        raise ValueError(f"--plot {arg!r}: the folder {str(path.parent)!r} does not exist")
+    return path
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ValueError("--plot needs matplotlib: pip install 'rampup[plot]'") from e
+
+def plot(
+    plan: Plan, steps: int, path: pathlib.Path, lr: Callable[[int], float] | None = None
+) -> None:
+    """Draws batch size and samples consumed (and the lr, if given) against steps into an image.
+
+    PNG by default; another suffix matplotlib knows (.svg, .pdf) picks that format.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     xs, sizes = [], []
     segments = plan.segments(steps)
     for seg in segments:
@@ -106,12 +193,18 @@ def plot(plan: Plan, steps: int, path: str, lr: Callable[[int], float] | None = 
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def preview(args: argparse.Namespace) -> int:
-    """Prints the segments of a schedule up to a budget, and the totals."""
+    """Prints the segments of a schedule up to a budget, and the totals.
+
+    Every argument is checked, the table built and the plot drawn before anything is printed.
+    """
+    path = plot_path(args.plot) if args.plot else None
     schedule = build_schedule(args.schedule, args.multiple_of)
     tps = args.tokens_per_sample
     budget = {"steps": args.steps, "samples": args.samples, "tokens": args.tokens}
@@ -128,24 +221,32 @@ def preview(args: argparse.Namespace) -> int:
     steps = budget["steps"]
     if steps is None:
         steps = plan.steps_for(budget["samples"], budget["tokens"], tps)
-    print(f"schedule: {json.dumps(schedule.to_config(), sort_keys=True)}")
-    print(f"fingerprint: {schedule.fingerprint}")
-    print()
     lr = None
     if args.lr is not None:
         lr = scaled(args.lr, schedule, rule=args.lr_rule, reference_size=args.lr_reference_size)
     elif args.lr_reference_size is not None:
         raise ValueError("--lr-reference-size needs --lr, the learning rate tuned at that size")
-    print(plan.table(steps=steps, tokens_per_sample=tps, lr=lr))
-    if args.plot:
-        plot(plan, steps, args.plot, lr)
-        print(f"plot written to {args.plot}")
+    table = plan.table(
+        steps=steps, tokens_per_sample=tps, lr=lr, max_rows=None if args.all else MAX_ROWS
+    )
+    if path is not None:
+        plot(plan, steps, path, lr)
+    print(f"schedule: {json.dumps(schedule.to_config(), sort_keys=True)}")
+    print(f"fingerprint: {schedule.fingerprint}")
+    print()
+    print(table)
+    if not args.all and len(plan.segments(steps)) > MAX_ROWS:
+        print("(--all prints every segment)")
+    if path is not None:
+        print(f"plot written to {path}")
     return 0
 
 
 def demo(args: argparse.Namespace) -> int:
     """Runs the end-to-end demo with its resume check."""
     if args.adaptive:
+        if args.schedule:
+            raise ValueError("--adaptive decides the sizes as it trains: it takes no --schedule")
         from rampup.demo_adaptive import main as run_adaptive
 
         return run_adaptive(args.backend, args.steps)
@@ -167,6 +268,11 @@ def bench(args: argparse.Namespace) -> int:
     """Runs the benchmark suites the installed extras allow; prints one table of ratios."""
     from rampup.benchmarks.harness import table
 
+    if args.json and not pathlib.Path(args.json).parent.is_dir():
+        raise ValueError(
+            f"--json {args.json!r}: the folder "
+            f"{str(pathlib.Path(args.json).parent)!r} does not exist"
+        )
     rows: list[dict[str, Any]] = []
     for suite, needs, module in BENCH_SUITES:
         if args.suite and suite not in args.suite:
@@ -222,23 +328,45 @@ def bench(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `rampup` command."""
-    p = argparse.ArgumentParser(prog="rampup", description="Batch-size ramp-up for ML training.")
+    p = _Parser(prog="rampup", description="Batch-size ramp-up for ML training.")
+    p.add_argument("--version", action="version", version=f"rampup {__version__}")
     sub = p.add_subparsers(dest="command")
     pre = sub.add_parser("preview", help="print a schedule's segments and totals")
     pre.add_argument(
         "--schedule",
-        help="inline JSON or a .json/.yaml/.toml file; default: a "
-        "GPT-3-like linear ramp, scaled down",
+        metavar="SPEC",
+        help='inline JSON, e.g. \'{"type": "piecewise", "sizes": '
+        '{"0": 16, "1000": 32}}\', or a .json/.yaml/.toml file with the same '
+        "keys (see examples/ramp.yaml); types: constant, stepwise, piecewise, "
+        "linear; default: a GPT-3-like linear ramp, scaled down",
     )
     budget = pre.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="budget in steps")
-    budget.add_argument("--samples", type=int, help="budget in samples")
-    budget.add_argument("--tokens", type=int, help="budget in tokens (with --tokens-per-sample)")
-    pre.add_argument("--tokens-per-sample", type=int, help="tokens in one sample")
-    pre.add_argument("--multiple-of", type=int, help="every size must be a multiple of this")
-    pre.add_argument("--plot", metavar="PNG", help="also draw the schedule into this PNG file")
+    budget.add_argument("--steps", type=count(1), help="budget in steps")
+    budget.add_argument("--samples", type=count(1), help="budget in samples")
+    budget.add_argument(
+        "--tokens", type=count(1), help="budget in tokens (with --tokens-per-sample)"
+    )
+    pre.add_argument("--tokens-per-sample", type=count(1), help="tokens in one sample")
+    pre.add_argument("--multiple-of", type=count(1), help="every size must be a multiple of this")
+    pre.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the schedule into this image (.png added without a suffix)",
+    )
+    pre.add_argument(
+        "--all",
+        action="store_true",
+        help=f"print every segment (default: the first and last of at most {MAX_ROWS})",
+    )
     pre.add_argument(
         "--lr",
         type=float,
@@ -253,7 +381,7 @@ def parser() -> argparse.ArgumentParser:
     )
     pre.add_argument(
         "--lr-reference-size",
-        type=int,
+        type=count(1),
         help="the batch size --lr was tuned for (default: the largest size)",
     )
     pre.set_defaults(run=preview)
@@ -265,9 +393,14 @@ def parser() -> argparse.ArgumentParser:
         "when jax is not installed",
     )
     dem.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help=f"steps to train (default {DEFAULT_STEPS})"
+        "--steps",
+        type=count(2),
+        default=DEFAULT_STEPS,
+        help=f"steps to train (default {DEFAULT_STEPS})",
     )
-    dem.add_argument("--schedule", help="inline JSON or a .json/.yaml/.toml file")
+    dem.add_argument(
+        "--schedule", metavar="SPEC", help="inline JSON or a .json/.yaml/.toml file, as for preview"
+    )
     dem.add_argument(
         "--adaptive",
         action="store_true",
@@ -300,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(["preview", *(argv or [])])
     try:
         return args.run(args)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"rampup {args.command}: error: {e}", file=sys.stderr)
         return 2
 

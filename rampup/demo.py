@@ -38,6 +38,11 @@ _NEEDS = {
 }
 
 
+def install_hint(extra: str) -> str:
+    """How to install an extra: rampup is installed from its checkout, not from PyPI."""
+    return f'pip install -e ".[{extra}]" in the rampup checkout'
+
+
 def make_example(index: int) -> dict[str, np.ndarray]:
     """Synthetic sample `index`: a token sequence and its next-token targets."""
     tokens = (np.arange(SEQUENCE_LENGTH + 1, dtype=np.int64) * 31 + index * 7919) % 1000
@@ -249,6 +254,8 @@ def run(backend: str, steps: int, schedule: Schedule, out: Any = sys.stdout) -> 
         tqdm = None
     plan = Plan(schedule)
     half = steps // 2
+    print(f"rampup demo [{backend}]: the batch-size schedule over {steps} steps", file=out)
+    print(plan.table(steps=steps, max_rows=12), file=out, flush=True)
     pipeline = BUILDERS[backend](schedule, None)
     bar = tqdm(total=steps, file=out, desc=f"rampup demo [{backend}]") if tqdm else None
     saved, first_run, samples, loss = None, [], 0, float("nan")
@@ -299,7 +306,8 @@ def run(backend: str, steps: int, schedule: Schedule, out: Any = sys.stdout) -> 
     print(
         f"backend {backend} on {pipeline.devices}: {steps} steps, {samples:,} samples, "
         f"{samples * SEQUENCE_LENGTH:,} tokens; {summary['distinct_sizes']} distinct batch "
-        f"sizes (Plan.distinct_sizes), {compiles} compilations",
+        f"size{'s' * (summary['distinct_sizes'] != 1)}, {compiles} compilation"
+        f"{'s' * (compiles != 1)}",
         file=out,
     )
     print(f"resume: state saved at step {half} as JSON {json.dumps(saved)}", file=out)
@@ -329,13 +337,14 @@ def main(backend: str | None, steps: int, spec: dict[str, Any] | None) -> int:
     missing = [m for m in _NEEDS[chosen] if importlib.util.find_spec(m) is None]
     if missing:
         if backend is not None:
+            extra = "demo" if chosen == "jax" else chosen  # the jax backend reads through grain
             raise ValueError(
                 f"backend {chosen!r} needs {', '.join(missing)}, which is not "
-                f"installed: pip install 'rampup[{chosen}]'"
+                f"installed: {install_hint(extra)}"
             )
         print(
-            f"rampup demo: {', '.join(missing)} not installed (pip install 'rampup[demo]'); "
-            "running on the NumPy core instead",
+            f"rampup demo: {', '.join(missing)} not installed, running on the NumPy core "
+            f"instead; for the JAX demo: {install_hint('demo')}",
             file=sys.stderr,
         )
         chosen = "numpy"

@@ -446,6 +446,7 @@ class Plan:
         tokens: int | None = None,
         tokens_per_sample: int | None = None,
         lr: Callable[[int], float] | None = None,
+        max_rows: int | None = None,
     ) -> str:
         """A preview: one row per segment up to a budget, then the totals.
 
@@ -456,10 +457,16 @@ class Plan:
           tokens_per_sample: tokens in one sample; adds a tokens column.
           lr: a function of the step (as `rampup.scaled` returns); adds a column
             with its value at each segment's first step.
+          max_rows: show at most this many segments (the first and the last ones, a `...`
+            row between them and a line that says what was left out); None shows all.
 
         Returns:
           The table as text.
         """
+        if tokens_per_sample is not None:
+            tokens_per_sample = check_count(tokens_per_sample, "tokens_per_sample", 1)
+        if max_rows is not None:
+            max_rows = check_count(max_rows, "max_rows", 2)
         if steps is None:
             if samples is None and tokens is None:
                 raise ValueError("table: give a budget: steps, samples or tokens")
@@ -472,8 +479,15 @@ class Plan:
         head.append("share")
         if lr is not None:
             head.append("lr")
+        segments = self.segments(steps)
+        hidden: list[Segment] = []
+        tail = 0
+        if max_rows is not None and len(segments) > max_rows:
+            tail = max_rows // 4 or 1
+            hidden = segments[max_rows - tail : -tail]
+            segments = segments[: max_rows - tail] + segments[-tail:]
         rows = [head]
-        for seg in self.segments(steps):
+        for seg in segments:
             samples = cast(int, seg.samples)  # every segment up to a step ends
             row = [f"{seg.first_step:,}", f"{seg.last_step:,}", f"{seg.size:,}", f"{samples:,}"]
             if tokens_per_sample:
@@ -482,13 +496,22 @@ class Plan:
             if lr is not None:
                 row.append(f"{lr(seg.first_step):.4g}")
             rows.append(row)
+        if hidden:
+            rows.insert(len(rows) - tail, ["..."] * len(head))
         widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
         lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        summary = f"{steps:,} steps, {total:,} samples"
+        distinct = len(self.distinct_sizes(steps))
+        summary = f"{steps:,} step{'s' * (steps != 1)}, {total:,} sample{'s' * (total != 1)}"
         if tokens_per_sample:
-            summary += f", {total * tokens_per_sample:,} tokens"
-        summary += f", {len(self.distinct_sizes(steps))} distinct sizes"
+            tokens = total * tokens_per_sample
+            summary += f", {tokens:,} token{'s' * (tokens != 1)}"
+        summary += f", {distinct} distinct size{'s' * (distinct != 1)}"
+        if hidden:
+            summary += (
+                f"\n{len(hidden):,} segment{'s' * (len(hidden) != 1)} not shown "
+                f"(steps {hidden[0].first_step:,} to {hidden[-1].last_step:,})"
+            )
         return "\n".join([*lines, "", summary])
 
 

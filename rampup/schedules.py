@@ -560,6 +560,15 @@ _PARAMS = {
     "piecewise": ("sizes",),
     "linear": ("start", "increment", "rampup_samples", "final"),
 }
+_OPTIONAL_PARAMS = ("cumulative",)
+_EXAMPLES = {
+    "constant": '{"type": "constant", "size": 32}',
+    "stepwise": '{"type": "stepwise", "batch_size": 256, '
+    '"boundaries_and_scales": {"0": 0.25, "1000": 1.0}}',
+    "piecewise": '{"type": "piecewise", "sizes": {"0": 16, "1000": 32}}',
+    "linear": '{"type": "linear", "start": 32, "increment": 32, "rampup_samples": 100000, '
+    '"final": 256}',
+}
 _BUILDERS: dict[str, Callable[..., Schedule]] = {
     "constant": constant,
     "stepwise": stepwise,
@@ -580,14 +589,25 @@ def from_config(config: Mapping[str, Any]) -> Schedule:
     """
     if not isinstance(config, Mapping):
         raise TypeError(f"a schedule config is a dict with a 'type', got {config!r}")
-    kind = config.get("type")
-    if kind not in _BUILDERS:
+    if "type" not in config:
+        raise ValueError(
+            f"a schedule config needs a 'type' key, one of {', '.join(TYPES)}; got the keys "
+            f"{sorted(map(str, config))}, e.g. {_EXAMPLES['constant']}"
+        )
+    kind = config["type"]
+    if not isinstance(kind, str) or kind not in _BUILDERS:
         raise ValueError(f"schedule type {kind!r} is not known; valid types: {', '.join(TYPES)}")
     allowed = set(_PARAMS[kind]) | set(_OPTIONS) | {"type"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(
             f"{kind} schedule: unknown keys {unknown}; valid keys: {sorted(allowed - {'type'})}"
+        )
+    missing = [k for k in _PARAMS[kind] if k not in config and k not in _OPTIONAL_PARAMS]
+    if missing:
+        raise ValueError(
+            f"{kind} schedule: missing key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(map(repr, missing))}; e.g. {_EXAMPLES[kind]}"
         )
     kwargs = {k: v for k, v in config.items() if k != "type"}
     return _BUILDERS[kind](**kwargs)

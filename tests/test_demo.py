@@ -73,4 +73,47 @@ def test_demo_with_a_schedule_spec():
 def test_demo_rejects_bad_steps_and_names_the_valid_range():
     out = run("--backend", "numpy", "--steps", "1")
     assert out.returncode == 2
-    assert "--steps must be an int >= 2, got 1" in out.stderr
+    assert "argument --steps: must be an int >= 2, got 1" in out.stderr
+    assert out.stdout == "" and len(out.stderr.splitlines()) == 1
+
+
+def without(module, *argv):
+    """The demo in a child where `module` cannot be imported, as in a venv without it."""
+    code = (
+        f"import sys; sys.modules[{module!r}] = None; from rampup.cli import main; "
+        f"sys.exit(main({['demo', *argv]!r}))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.skipif(not installed(("jax",)), reason="jax not installed")
+def test_missing_grain_with_jax_installed_points_at_the_demo_extra():
+    out = without("grain", "--backend", "jax", "--steps", "4")
+    assert out.returncode == 2 and out.stdout == ""
+    assert (
+        "backend 'jax' needs grain, which is not installed: "
+        'pip install -e ".[demo]" in the rampup checkout'
+    ) in out.stderr
+    out = without("grain", "--steps", "4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (
+        "grain not installed, running on the NumPy core instead; for the JAX demo: "
+        'pip install -e ".[demo]"'
+    ) in out.stderr
+
+
+def test_schedule_table_comes_before_the_progress_and_no_api_names():
+    out = run("--backend", "numpy", "--steps", "20")
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    head = lines.index(next(line for line in lines if line.split()[:2] == ["first", "step"]))
+    total = sum(16 if k < 8 else 32 if k < 16 else 48 for k in range(20))  # DEFAULT_SCHEDULE
+    assert lines[head + 2].split() == ["0", "7", "16", "128", f"{100 * 128 / total:.2f}%"]
+    assert lines[head + 5] == ""
+    assert lines[head + 6] == f"20 steps, {total} samples, 3 distinct sizes"
+    assert lines[head - 1] == "rampup demo [numpy]: the batch-size schedule over 20 steps"
+    # the tqdm bar, or without tqdm the first progress line
+    progress = next(i for i, line in enumerate(lines) if "%|" in line or "step=0 " in line)
+    assert progress > head + 6
+    assert "Plan." not in out.stdout + out.stderr
+    assert "3 distinct batch sizes, 0 compilations" in out.stdout

@@ -133,6 +133,19 @@ def test_table_lists_segments_and_totals():
     assert lines[2].split()[:4] == ["0", "4", "32", "160"]
 
 
+@pytest.mark.parametrize(
+    ("bad", "error"), [(-1, ValueError), (0, ValueError), (2.5, TypeError), ("2", TypeError)]
+)
+def test_table_refuses_a_bad_tokens_per_sample(bad, error):
+    with pytest.raises(error, match=f"tokens_per_sample must be an int >= 1, got {bad!r}"):
+        Plan(constant(4)).table(steps=3, tokens_per_sample=bad)
+
+
+def test_table_summary_says_one_size_and_one_step_in_the_singular():
+    assert Plan(constant(4)).table(steps=1).endswith("\n1 step, 4 samples, 1 distinct size")
+    assert Plan(constant(1)).table(steps=2).endswith("\n2 steps, 2 samples, 1 distinct size")
+
+
 def test_plan_pickles_and_compares_by_schedule():
     p = Plan(constant(4))
     q = pickle.loads(pickle.dumps(p))

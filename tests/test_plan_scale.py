@@ -161,6 +161,6 @@ def test_linear_with_too_many_sizes_is_refused_with_the_count():
 def test_linear_at_the_limit_is_built_and_previewed():
     plan = Plan(linear(1, 1, 10**12, LINEAR_MAX_SIZES))
     assert plan.segments(10) == [Segment(0, 9, 1, 0)]
-    assert plan.table(steps=10).splitlines()[-1] == "10 steps, 10 samples, 1 distinct sizes"
+    assert plan.table(steps=10).splitlines()[-1] == "10 steps, 10 samples, 1 distinct size"
     with pytest.raises(ValueError, match=f"{LINEAR_MAX_SIZES + 1:,} distinct sizes"):
         linear(1, 1, 10**12, LINEAR_MAX_SIZES + 1)

@@ -146,6 +146,31 @@ def test_unknown_schedule_type_names_valid_types():
         from_config({"type": "cosine"})
 
 
+def test_config_without_a_type_names_the_valid_types():
+    with pytest.raises(
+        ValueError,
+        match=r"needs a 'type' key, one of constant, stepwise, "
+        r"piecewise, linear; got the keys \['size'\]",
+    ):
+        from_config({"size": 32})
+    with pytest.raises(ValueError, match=r"schedule type \['constant'\] is not known"):
+        from_config({"type": ["constant"], "size": 32})
+
+
+@pytest.mark.parametrize(
+    ("config", "missing"),
+    [
+        ({"type": "constant"}, "missing key 'size'"),
+        ({"type": "piecewise", "unit": "samples"}, "missing key 'sizes'"),
+        ({"type": "linear", "start": 8, "final": 64}, "missing keys 'increment', 'rampup_samples'"),
+        ({"type": "stepwise", "batch_size": 8}, "missing key 'boundaries_and_scales'"),
+    ],
+)
+def test_config_missing_a_key_names_it_with_an_example(config, missing):
+    with pytest.raises(ValueError, match=f"{config['type']} schedule: {missing}; e.g. "):
+        from_config(config)
+
+
 def test_unknown_config_key_is_rejected():
     with pytest.raises(ValueError, match="sise"):
         from_config({"type": "constant", "sise": 8})

@@ -1,0 +1,219 @@
+"""The README stays true: every Python block runs as written and prints what it says.
+
+Conventions in README.md, read here:
+- a ```python block runs alone, as a file in an empty folder, in a fresh interpreter;
+- a line `prints` (or `prints (a note)`) after it, then a fenced block: that block
+  is its exact stdout;
+- a line "`rampup ...` prints", then a fenced block: that command's exact stdout;
+- `rampup preview` lines of a ```bash block run from a folder that has `examples/`;
+- `<!-- readme-test: skip REASON -->` right before a block skips it;
+  `<!-- readme-test: torchrun N -->` runs it in N processes under torchrun (the
+  processes' lines may come in any order);
+- a block is skipped when a module it imports is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from rampup.benchmarks.readme_table import BEGIN, END, markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MARKER = re.compile(r"<!-- readme-test: (skip|torchrun) (.+?) -->")
+PRINTS = re.compile(r"prints( \(.+\))?")
+COMMAND_PRINTS = re.compile(r"^`(rampup [^`]+)` prints$")
+IMPORT = re.compile(r"^\s*(?:from|import)\s+([\w.]+)", re.M)
+ADAPTER_NEEDS = {"grain": "grain", "torch": "torch", "tf": "tensorflow", "jax": "jax"}
+
+
+@dataclass
+class Block:
+    """A fenced block of the README, with what follows it."""
+
+    lang: str
+    code: str
+    line: int
+    heading: str
+    skip: str | None = None
+    processes: int = 1  # > 1: run under torchrun
+    prints: str | None = None
+    command: str | None = None  # for "`rampup ...` prints" blocks
+
+    @property
+    def id(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
+        return f"L{self.line}-{slug}"
+
+
+def parse(text: str) -> list[Block]:
+    """The README's fenced blocks, each with its skip marker and expected output."""
+    lines = text.splitlines()
+    blocks: list[Block] = []
+    heading, i = "top", 0
+    pending: tuple[str, str] | None = None
+    pending_command: str | None = None
+    expect_prints = False
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#") and not line.startswith("#!"):
+            heading = line.lstrip("#").strip()
+        if line.startswith("```"):
+            end = lines.index("```", i + 1)
+            block = Block(line[3:].strip(), "\n".join(lines[i + 1 : end]) + "\n", i + 1, heading)
+            if pending and pending[0] == "skip":
+                block.skip = pending[1]
+            elif pending:
+                block.processes = int(pending[1])
+            if expect_prints and blocks:
+                blocks[-1].prints = block.code
+            elif pending_command:
+                block.command = pending_command
+                block.prints = block.code
+                blocks.append(block)
+            else:
+                blocks.append(block)
+            pending, pending_command, expect_prints = None, None, False
+            i = end + 1
+            continue
+        if line.strip():
+            match = MARKER.fullmatch(line.strip())
+            command = COMMAND_PRINTS.match(line.strip())
+            if match:
+                pending = (match.group(1), match.group(2))
+            elif PRINTS.fullmatch(line.strip()):
+                expect_prints = True
+            elif command:
+                pending_command = command.group(1)
+            else:
+                pending, pending_command, expect_prints = None, None, False
+        i += 1
+    return blocks
+
+
+BLOCKS = parse(README.read_text())
+PYTHON = [b for b in BLOCKS if b.lang == "python"]
+COMMANDS = [b for b in BLOCKS if b.command] + [
+    Block("bash", "", b.line, b.heading, command=line.split("  #")[0].strip())
+    for b in BLOCKS
+    if b.lang == "bash"
+    for line in b.code.splitlines()
+    if line.startswith("rampup preview")
+]
+
+
+def missing_modules(code: str) -> list[str]:
+    """The modules a block imports that are not installed (adapters: their framework)."""
+    missing = []
+    for name in IMPORT.findall(code):
+        parts = name.split(".")
+        if parts[:2] == ["rampup", "adapters"] and len(parts) > 2:
+            needed = ADAPTER_NEEDS[parts[2]]
+        else:
+            needed = parts[0]
+        if importlib.util.find_spec(needed) is None and needed not in missing:
+            missing.append(needed)
+    return missing
+
+
+def lines_of(text: str, any_order: bool = False) -> list[str]:
+    lines = [line.rstrip() for line in text.rstrip("\n").splitlines()]
+    return sorted(lines) if any_order else lines
+
+
+def test_the_readme_has_python_blocks_with_outputs_and_a_skip_marker_parses():
+    assert len(PYTHON) >= 20
+    assert sum(b.prints is not None for b in PYTHON) >= 10
+    assert [b.skip for b in parse("<!-- readme-test: skip two ranks -->\n```python\nx\n```\n")] == [
+        "two ranks"
+    ]
+    assert [
+        b.processes for b in parse("<!-- readme-test: torchrun 2 -->\n```python\nx\n```\n")
+    ] == [2]
+    parsed = parse("```python\nprint(1)\n```\n\nprints (a note)\n\n```\n1\n```\n")
+    assert len(parsed) == 1 and parsed[0].prints == "1\n"
+    assert any(b.processes == 2 for b in PYTHON)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
+def test_python_block_runs_and_prints_what_the_readme_says(block, tmp_path):
+    if block.skip:
+        pytest.skip(block.skip)
+    missing = missing_modules(block.code)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    script = tmp_path / "block.py"
+    script.write_text(block.code)
+    launch = [sys.executable]
+    if block.processes > 1:
+        launch += [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={block.processes}",
+        ]
+    out = subprocess.run(
+        [*launch, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, f"README line {block.line}:\n{out.stderr[-3000:]}"
+    if block.prints is not None:
+        any_order = block.processes > 1
+        assert lines_of(out.stdout, any_order) == lines_of(block.prints, any_order)
+
+
+@pytest.mark.parametrize("block", COMMANDS, ids=[f"L{b.line}-{b.command}" for b in COMMANDS])
+def test_rampup_command_runs_and_prints_what_the_readme_says(block, tmp_path):
+    if "--plot" in block.command and importlib.util.find_spec("matplotlib") is None:
+        pytest.skip("needs matplotlib")
+    if ".yaml" in block.command and importlib.util.find_spec("yaml") is None:
+        pytest.skip("needs pyyaml")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    argv = shlex.split(block.command)
+    out = subprocess.run(
+        [sys.executable, "-m", "rampup", *argv[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, f"README line {block.line}:\n{out.stderr[-3000:]}"
+    if block.prints is not None:
+        assert lines_of(out.stdout) == lines_of(block.prints)
+
+
+def test_schedule_files_shown_in_the_readme_are_the_shipped_ones():
+    text = README.read_text()
+    for name in ("ramp.yaml", "ramp.toml", "ramp.json"):
+        shipped = (ROOT / "examples" / name).read_text()
+        assert f"```{name.split('.')[1]}\n{shipped}```" in text, name
+
+
+def test_benchmark_table_is_the_one_rendered_from_the_results_file():
+    rows = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    assert f"{BEGIN}\n{markdown(rows)}\n{END}" in README.read_text()
+    assert len(rows) == len(markdown(rows).splitlines()) - 2
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_table_of_contents_links_point_at_headings():
+    text = README.read_text()
+    anchors = {
+        anchor(line.lstrip("#").strip()) for line in text.splitlines() if re.match(r"#{1,4} ", line)
+    }
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert len(links) >= 15
+    assert [link for link in links if link not in anchors] == []
