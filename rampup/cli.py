@@ -138,17 +138,18 @@ def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
 
 def plot_path(arg: str) -> pathlib.Path:
     """The file `--plot` writes (`.png` added to a name without a suffix); checks matplotlib."""
+    path = pathlib.Path(arg)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
+    # The folder first: a typo in it is the user's to fix whatever is installed.
+    if not path.parent.is_dir():
+        raise ValueError(f"--plot {arg!r}: the folder {str(path.parent)!r} does not exist")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ValueError(
             f"--plot needs matplotlib, which is not installed: {install_hint('plot')}"
         ) from None
-    path = pathlib.Path(arg)
-    if not path.suffix:
-        path = path.with_name(path.name + ".png")
-    if not path.parent.is_dir():
-        raise ValueError(f"--plot {arg!r}: the folder {str(path.parent)!r} does not exist")
     return path
 
 
