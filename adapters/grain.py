@@ -648,6 +648,9 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
                 "mp_prefetch (ds.mp_prefetch(...) then the ramp-up), or batch a MapDataset "
                 "with RampupMapDataset before to_iter_dataset().mp_prefetch(...)."
             )
+        # grain's own transformations build their stats node on first use, which marks the
+        # parents as inner nodes; until then the parent records per-element output metrics.
+        self._stats  # noqa: B018
         self._checked_worker = True
 
     def __next__(self) -> Any:

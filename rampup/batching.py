@@ -397,8 +397,8 @@ class StreamBatcher(ScheduledIterator):
 
     The iterator is this process's share of the stream (already sharded). If the
     parent raises in the middle of a batch, the elements already pulled are kept
-    and the next call goes on from them, and `get_state()` keeps pointing at the
-    start of that batch, so no element is lost or skipped.
+    and the next call goes on from them; `get_state()` refuses until that batch
+    is complete, so no checkpoint loses or skips an element.
 
     Args:
       iterator: any iterable; its iterator's `get_state`/`set_state`, when it
@@ -435,7 +435,6 @@ class StreamBatcher(ScheduledIterator):
         self._step = 0
         self._shift = 0
         self._pending: list[Any] = []
-        self._pending_state: Any = None
 
     @property
     def step(self) -> int:
@@ -445,10 +444,6 @@ class StreamBatcher(ScheduledIterator):
     def __next__(self) -> Any:
         start, stop = self.plan.local_bounds(self._step, self.process_index, self.process_count)
         wanted = stop - start
-        if not self._pending:
-            # The parent's state before this batch: what get_state() reports until it is done.
-            get_state = getattr(self.parent, "get_state", None)
-            self._pending_state = get_state() if get_state is not None else None
         self._pending.extend(itertools.islice(self.parent, wanted - len(self._pending)))
         elements, self._pending = self._pending, []
         if not elements or (self.drop_remainder and len(elements) < wanted):
@@ -472,7 +467,13 @@ class StreamBatcher(ScheduledIterator):
         """`{"version", "step", "position", "schedule", "parent"}`; JSON-able if the parent's is."""
         parent_state = self._parent_method("get_state")()
         if self._pending:
-            parent_state = self._pending_state
+            # The parent's state already points past these elements: a checkpoint now would
+            # lose them. Refusing costs nothing per batch, where a snapshot would.
+            raise RuntimeError(
+                f"the batch of step {self._step} is half built: the parent raised after "
+                f"{len(self._pending)} of its elements, and its state points past them. Call "
+                "next() again to finish the batch (the elements already pulled are kept), "
+                "then save the state")
         position = self.plan.offset(self._step) + self._shift
         return make_state(self.plan, self._step, position, **{PARENT_KEY: parent_state})
 
