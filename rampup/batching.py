@@ -473,7 +473,8 @@ class StreamBatcher(ScheduledIterator):
                 f"the batch of step {self._step} is half built: the parent raised after "
                 f"{len(self._pending)} of its elements, and its state points past them. Call "
                 "next() again to finish the batch (the elements already pulled are kept), "
-                "then save the state")
+                "then save the state"
+            )
         position = self.plan.offset(self._step) + self._shift
         return make_state(self.plan, self._step, position, **{PARENT_KEY: parent_state})
 

@@ -163,7 +163,7 @@ class Flaky:
 def test_a_stream_keeps_the_elements_it_pulled_before_the_parent_raised():
     stream = StreamBatcher(Flaky(40, fail_at=12), RAMP)  # step 1 holds elements 8..15
     assert positions(next(stream)) == list(range(8))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="transient"):
         next(stream)
     with pytest.raises(RuntimeError, match="half built"):
         stream.get_state()  # the parent's state points past elements 8..11
