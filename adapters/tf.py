@@ -373,15 +373,17 @@ def rampup_batch(
       input_context: from `tf.distribute.Strategy.distribute_datasets_from_function`:
         each step's batch is cut into this input pipeline's replicas' slices,
         one batch per replica in replica order, each `B(k) / num_replicas_in_sync`
-        samples. Every pipeline reads all of `ds`. A finite `ds` should use
-        `drop_remainder=True`, so that every replica gets a full slice.
+        samples. Every pipeline reads all of `ds`. A `ds` that may end (not
+        `.repeat()`ed) needs `drop_remainder=True`, so that every replica gets a
+        full slice; without it a `ValueError` is raised.
 
     Returns:
       The batched dataset; its batch dimension is `None`.
 
     Raises:
       ValueError: a `from_fn` schedule (use `to_tf_dataset`); a size that does
-        not divide by the replica count.
+        not divide by the replica count; an `input_context` over a dataset that
+        may end without `drop_remainder=True`.
     """
     if not isinstance(ds, tf.data.Dataset):
         raise TypeError(f"rampup_batch needs a tf.data.Dataset of samples, got {type(ds).__name__}")
@@ -391,6 +393,19 @@ def rampup_batch(
     rows, replica_sizes = _replica_split(plan, input_context)
     sliced = any(hi - lo != s.size for (lo, hi), s in zip(rows, segments, strict=True))
     split = replica_sizes != [s.size for s in segments]
+    if (
+        (split or sliced)
+        and not drop_remainder
+        and (ds.cardinality() != tf.data.INFINITE_CARDINALITY)
+    ):
+        # A last partial batch would be cut into full-size replica slices (6 + 4, not 5 + 5),
+        # unlike the core's even split: refuse rather than give other rows.
+        raise ValueError(
+            "rampup_batch with an input_context over a dataset that may end "
+            f"(cardinality {int(ds.cardinality())}) needs drop_remainder=True: a last partial "
+            "batch cannot be split evenly between the replicas here. Repeat the dataset "
+            "(ds.repeat()) or pass drop_remainder=True"
+        )
     if len(segments) == 1 and not sliced and not split:
         # One size for ever: `batch` itself.
         return ds.batch(segments[0].size, drop_remainder=drop_remainder)

@@ -441,3 +441,18 @@ def test_native_ramp_refuses_a_schedule_decided_online():
     schedule = AdaptiveSchedule(8, lag=4)
     with pytest.raises(ValueError, match="decided online.*to_tf_dataset"):
         rampup_batch(tf.data.Dataset.range(100), schedule)
+
+
+def test_input_context_over_a_dataset_that_may_end_needs_drop_remainder():
+    context = tf.distribute.InputContext(
+        num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2
+    )
+    with pytest.raises(ValueError, match="drop_remainder=True"):
+        rampup_batch(source_ds(np.arange(10)), piecewise({0: 4, 3: 6}), input_context=context)
+    batches = rampup_batch(
+        source_ds(np.arange(10)),
+        piecewise({0: 4, 3: 6}),
+        drop_remainder=True,
+        input_context=context,
+    )
+    assert [b.numpy().tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
