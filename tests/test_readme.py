@@ -162,9 +162,15 @@ def test_python_block_runs_and_prints_what_the_readme_says(block, tmp_path):
             "--standalone",
             f"--nproc_per_node={block.processes}",
         ]
-    out = subprocess.run(
-        [*launch, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    for _ in range(2):
+        out = subprocess.run(
+            [*launch, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        # XLA's simulated CPU devices run a collective on one thread each; on 2 busy cores one
+        # can miss XLA's 40 s rendezvous and the process aborts. That is the machine, not the
+        # block: run it once more.
+        if out.returncode == 0 or "rendezvous" not in out.stderr:
+            break
     assert out.returncode == 0, f"README line {block.line}:\n{out.stderr[-3000:]}"
     if block.prints is not None:
         any_order = block.processes > 1
