@@ -468,7 +468,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
         step = self.step
-        return make_state(self.plan, step, self.plan.offset(step) + self._shift)
+        return make_state(self.plan, step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1)."""
@@ -483,7 +483,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return self.step
 
     def _set_next_index(self, index: int) -> None:
-        self.set_state(make_state(self.plan, index, self.plan.offset(index) + self._shift))
+        self.set_state(make_state(self.plan, index, self._shift))
 
     def close(self) -> None:
         """Stops grain's prefetch threads."""
@@ -571,7 +571,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
 
     def get_state(self) -> dict[str, Any]:
         """The core's state of the next step; JSON-able."""
-        return make_state(self.plan, self._step, self.plan.offset(self._step) + self._shift)
+        return make_state(self.plan, self._step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Checks the schedule; the next batch comes from workers started at the state's step."""
@@ -583,7 +583,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return self._step
 
     def _set_next_index(self, index: int) -> None:
-        self.set_state(make_state(self.plan, index, self.plan.offset(index) + self._shift))
+        self.set_state(make_state(self.plan, index, self._shift))
 
     def close(self) -> None:
         """Stops grain's worker processes."""
@@ -672,21 +672,18 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         if isinstance(state, Mapping) and LEGACY_STEP_KEY in state and STEP_KEY not in state:
             plan = self._batcher.plan
             step = state[LEGACY_STEP_KEY]
-            state = make_state(plan, step, plan.offset(step), **{PARENT_KEY: state[PARENT_KEY]})
+            state = make_state(plan, step, **{PARENT_KEY: state[PARENT_KEY]})
         self._batcher.set_state(state)
 
     def _get_next_index(self) -> int:
         return self.step
 
     def _set_next_index(self, index: int) -> None:
-        # The parent holds this process's share of the stream: its index is this
-        # process's count of elements before `index`, as grain's batch multiplies.
-        plan, shift = self.plan, self.shift
-        position = plan.offset(index) + shift
-        elements = position // self.process_count
+        # The parent holds this process's share of the stream, as grain's batch multiplies.
+        elements = self.plan.local_offset(index, self.process_count, self.shift)
         grain.experimental.set_next_index(self._parent, elements)
         self._batcher.set_state(
-            make_state(plan, index, position, **{PARENT_KEY: self._parent.get_state()})
+            make_state(self.plan, index, self.shift, **{PARENT_KEY: self._parent.get_state()})
         )
 
     def __str__(self) -> str:

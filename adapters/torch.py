@@ -376,7 +376,7 @@ class RampupIterableDataset(IterableDataset):
           TypeError: the source can only be iterated, and a stream cannot seek.
         """
         step = check_count(step, "step")
-        self.set_state(make_state(self.plan, step, self.plan.offset(step)))
+        self.set_state(make_state(self.plan, step))
 
     def get_state(self) -> dict[str, Any]:
         """The core state of the step the next iteration starts at; JSON-serializable.
@@ -385,7 +385,7 @@ class RampupIterableDataset(IterableDataset):
         per worker, which torchdata's `StatefulDataLoader` saves.
         """
         step, shift = (int(v) for v in self._start)
-        return make_state(self.plan, step, self.plan.offset(step) + shift)
+        return make_state(self.plan, step, shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Makes the next iteration start where `state` (from `get_state()`) says.
@@ -397,8 +397,7 @@ class RampupIterableDataset(IterableDataset):
         if self.batches is not None:
             step, shift = self.batches.read_state(state)
         else:
-            step, position = read_state(state, self.plan, self.on_schedule_change)
-            shift = position - self.plan.offset(step)
+            step, shift = read_state(state, self.plan, self.on_schedule_change)
             if step or shift:
                 self._refuse_seek(step)
         self._start[0], self._start[1] = step, shift

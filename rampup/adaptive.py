@@ -522,7 +522,7 @@ class Follower(Iterator[Any]):
 
     def get_state(self) -> dict[str, Any]:
         """The data state of the next step, JSON-able; restore with `follow(..., step=...)`."""
-        return make_state(self.plan, self._step, self.plan.offset(self._step))
+        return make_state(self.plan, self._step)
 
 
 def follow(

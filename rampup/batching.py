@@ -59,12 +59,16 @@ def check_collate(collate: Any) -> Callable[[list[Any]], Any] | None:
     return collate
 
 
-def make_state(plan: Plan, step: int, position: int, **extra: Any) -> dict[str, Any]:
-    """The checkpoint state of an iterator whose next step is `step`."""
+def make_state(plan: Plan, step: int, shift: int = 0, **extra: Any) -> dict[str, Any]:
+    """The checkpoint state of an iterator whose next step is `step`.
+
+    Its data position is `O(step) + shift`: `shift` moves the stream after a
+    restore that kept its position under a changed schedule.
+    """
     return {
         VERSION_KEY: STATE_VERSION,
         STEP_KEY: step,
-        POSITION_KEY: position,
+        POSITION_KEY: plan.offset(step) + shift,
         SCHEDULE_KEY: plan.schedule.fingerprint_at(step),
         **extra,
     }
@@ -73,7 +77,7 @@ def make_state(plan: Plan, step: int, position: int, **extra: Any) -> dict[str, 
 def read_state(
     state: Any, plan: Plan, on_schedule_change: str, keys: Sequence[str] = ()
 ) -> tuple[int, int]:
-    """Checks a state against `plan`; returns its (step, position).
+    """Checks a state against `plan`; returns its (step, shift), the shift as in `make_state`.
 
     Raises:
       ValueError: the state is malformed, of another version (version 1 shuffled
@@ -105,7 +109,7 @@ def read_state(
             "on_schedule_change='continue' to keep the data position (sample "
             f"{position}) and apply the new schedule from step {step} on."
         )
-    return step, position
+    return step, position - plan.offset(step)
 
 
 class RandomAccessSource(Protocol):
@@ -337,8 +341,7 @@ class RampupBatches:
 
     def read_state(self, state: dict[str, Any]) -> tuple[int, int]:
         """The `(step, shift)` of a state, checked against this schedule and the data's end."""
-        step, position = read_state(state, self.plan, self.on_schedule_change)
-        shift = position - self.plan.offset(step)
+        step, shift = read_state(state, self.plan, self.on_schedule_change)
         if shift:
             self.check_end(shift)
         return step, shift
@@ -385,7 +388,7 @@ class BatchIterator(ScheduledIterator):
 
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
-        return make_state(self.plan, self._step, self.plan.offset(self._step) + self._shift)
+        return make_state(self.plan, self._step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1), keeping the stride."""
@@ -475,13 +478,11 @@ class StreamBatcher(ScheduledIterator):
                 "next() again to finish the batch (the elements already pulled are kept), "
                 "then save the state"
             )
-        position = self.plan.offset(self._step) + self._shift
-        return make_state(self.plan, self._step, position, **{PARENT_KEY: parent_state})
+        return make_state(self.plan, self._step, self._shift, **{PARENT_KEY: parent_state})
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores the step, the position and the parent iterator's state."""
-        step, position = read_state(state, self.plan, self.on_schedule_change, (PARENT_KEY,))
+        step, shift = read_state(state, self.plan, self.on_schedule_change, (PARENT_KEY,))
         self._parent_method("set_state")(state[PARENT_KEY])
-        self._step = step
-        self._shift = position - self.plan.offset(step)
+        self._step, self._shift = step, shift
         self._pending = []

@@ -260,6 +260,14 @@ class Plan:
         share = _share(stop - start, step, process_count)
         return start + process_index * share, start + (process_index + 1) * share
 
+    def local_offset(self, step: int, process_count: int, shift: int = 0) -> int:
+        """The samples one of `process_count` processes consumed before `step`.
+
+        Every size splits evenly (`check_processes`), so it is the process's share
+        of `O(step) + shift`.
+        """
+        return (self.offset(step) + shift) // check_count(process_count, "process_count", 1)
+
     def local_window(
         self,
         step: int,
