@@ -12,18 +12,21 @@ puts them back in order, so every `W` yields the `W = 0` sequence. The core
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
-import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, Sampler, get_worker_info
+
+try:
+    from torchdata.nodes import BaseNode as _BaseNode
+except ImportError:  # torchdata is optional; RampupNode says how to install it
+    _BaseNode = object
 
 from rampup.adaptive import AdaptiveSchedule, Follower
 from rampup.batching import (
@@ -36,7 +39,7 @@ from rampup.batching import (
     make_state,
     read_state,
 )
-from rampup.collate import mapping_like
+from rampup.collate import default_collate, mapping_like
 from rampup.plan import Plan, microbatch_count
 from rampup.protocol import ScheduledIterator
 from rampup.scaling import resolve
@@ -44,11 +47,14 @@ from rampup.schedules import Schedule, check_count, check_flag
 
 __all__ = [
     "GradNoiseNorms",
+    "RampupBatchSampler",
     "RampupIterableDataset",
     "RampupIterator",
+    "RampupNode",
     "as_tensors",
     "follow",
     "lr_lambda",
+    "tensor_collate",
 ]
 
 
@@ -153,7 +159,7 @@ def _is_map_style(source: Any) -> bool:
     return hasattr(source, "__len__") and hasattr(source, "__getitem__")
 
 
-def _distributed_default(value: int | None, query: Callable[[], int], fallback: int) -> int:
+def _world(value: int | None, query: Callable[[], int], fallback: int) -> int:
     if value is not None:
         return value
     if dist.is_available() and dist.is_initialized():
@@ -161,25 +167,52 @@ def _distributed_default(value: int | None, query: Callable[[], int], fallback: 
     return fallback
 
 
-# accelerate's wrappers that re-shard an IterableDataset over its processes.
-_ACCELERATE_SHARDERS = ("DataLoaderDispatcher", "IterableDatasetShard")
+def _stack_tensors(leaves: Sequence[Any]) -> Any:
+    """Tensors stacked as tensors, and a row of Python numbers as one tensor row."""
+    first = leaves[0]
+    if isinstance(first, torch.Tensor):
+        try:
+            return torch.stack(list(leaves))
+        except (RuntimeError, TypeError):
+            return NotImplemented  # the core's collate names the mismatching element
+    row = _numbers_row(first)
+    if row is not None and all(_numbers_row(leaf) == row for leaf in leaves):
+        return torch.tensor(list(leaves))
+    return NotImplemented
 
 
-def _accelerate_sharder() -> str | None:
-    """The name of an accelerate wrapper on the call stack that shards this iteration again.
+def _numbers_row(value: Any) -> tuple[int, type] | None:
+    """`(length, type)` of a non-empty list of Python ints or floats of one type, else None."""
+    if type(value) is not list or not value:
+        return None
+    kinds = {type(v) for v in value}
+    kind = kinds.pop()
+    return (len(value), kind) if not kinds and kind in (int, float) else None
 
-    `accelerator.prepare(loader)` wraps the loader (or the dataset) in one of them,
-    which splits every batch over the processes once more. Forked DataLoader
-    workers inherit the stack that started them, so it is seen there too (not in
-    spawned workers). accelerate itself is not imported here.
+
+def tensor_collate(elements: Sequence[Any]) -> Any:
+    """`rampup.default_collate` for elements that hold torch tensors.
+
+    Tensors stack with `torch.stack` (no round trip through NumPy, as
+    Hugging Face `datasets` in torch format give them), a list of Python
+    numbers of one type becomes one row of a tensor (a vector in `datasets`'
+    python format), and NumPy arrays and scalars stack as the core stacks them.
+
+    Args:
+      elements: the batch's elements, all of the same structure.
+
+    Returns:
+      One pytree whose leaves have a leading batch axis.
     """
-    frame: types.FrameType | None = sys._getframe(2)
-    while frame is not None:
-        owner = type(frame.f_locals.get("self"))
-        if owner.__module__.startswith("accelerate.") and owner.__name__ in _ACCELERATE_SHARDERS:
-            return owner.__name__
-        frame = frame.f_back
-    return None
+    return default_collate(elements, stack=_stack_tensors)
+
+
+def _steps_left(batches: RampupBatches, step: int, shift: int, what: str) -> int:
+    """How many batches an iteration from `(step, shift)` yields; finite data only."""
+    if batches.end is None:
+        raise TypeError(f"a {what} over endless data (num_epochs=None) has no len()")
+    last = batches.plan.last_batch(batches.end, batches.drop_remainder, shift)
+    return 0 if last is None else max(0, last[0] + 1 - step)
 
 
 class RampupIterator(ScheduledIterator):
@@ -238,6 +271,16 @@ class RampupIterator(ScheduledIterator):
     load_state_dict = set_state
 
 
+class _Refused(Iterator[Any]):
+    """An iteration that raises its error at the first `next()`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __next__(self) -> Any:
+        raise self.error
+
+
 class RampupIterableDataset(IterableDataset):
     """Batches of a growing size for `DataLoader(ds, batch_size=None, num_workers=W)`.
 
@@ -245,10 +288,15 @@ class RampupIterableDataset(IterableDataset):
     yields exactly the `W = 0` sequence for a map-style source; an
     iterable-only source needs `W <= 1`.
 
-    Where the next iteration starts (step 0, `set_step`, `set_state` /
-    `load_state_dict`) lives in shared memory, so DataLoader workers see it
-    even with `persistent_workers=True`, whose workers keep their own copy of
-    the dataset from one epoch to the next.
+    `set_step`, `set_state` and `load_state_dict` apply to the next iteration
+    started (`iter(loader)`), in every worker setup: an iteration already
+    started is not moved. DataLoader workers take their copy of the dataset
+    when they start, so `persistent_workers=True`, whose workers keep that
+    copy from one iteration to the next, refuses (a `RuntimeError` at the next
+    iteration) a start changed after they started. `state_dict()` is the state
+    of the next batch of the latest iteration run in this process (its
+    progress, as torchdata's `IterableWrapper` expects), or of the next
+    iteration's start when none ran since.
 
     Args:
       source: a map-style source (`__len__` and `__getitem__`: a torch map-style
@@ -299,13 +347,17 @@ class RampupIterableDataset(IterableDataset):
             raise TypeError(
                 "shuffle=True needs an int seed (the same on every rank and worker), got seed=None"
             )
-        self.rank = _distributed_default(rank, dist.get_rank, 0)
-        self.world_size = _distributed_default(world_size, dist.get_world_size, 1)
+        self.rank = _world(rank, dist.get_rank, 0)
+        self.world_size = _world(world_size, dist.get_world_size, 1)
         self.collate = check_collate(collate)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.on_schedule_change = check_policy(on_schedule_change)
-        # [step, shift] of the next iteration's start, shared with the workers.
-        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._start = (0, 0)  # (step, shift) of the next iteration
+        self._latest: RampupIterator | None = None  # the iteration run in this process
+        # How often the main process moved the start: a persistent worker compares.
+        self._moves = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._moves_seen = 0
+        self._iterations = 0
         if _is_map_style(source):
             self.source = None
             self.batches: RampupBatches | None = RampupBatches(
@@ -314,7 +366,9 @@ class RampupIterableDataset(IterableDataset):
                 shuffle_seed=seed if shuffle else None,
                 num_epochs=num_epochs,
                 drop_remainder=drop_remainder,
-                collate=collate,
+                collate=collate
+                if collate is not None or isinstance(source, np.ndarray)
+                else tensor_collate,
                 process_index=self.rank,
                 process_count=self.world_size,
                 on_schedule_change=on_schedule_change,
@@ -365,7 +419,7 @@ class RampupIterableDataset(IterableDataset):
     @property
     def step(self) -> int:
         """The step the next iteration starts at."""
-        return int(self._start[0])
+        return self._start[0]
 
     def set_step(self, step: int) -> None:
         """Makes the next iteration start at global batch `step` (the training loop's step).
@@ -379,13 +433,17 @@ class RampupIterableDataset(IterableDataset):
         self.set_state(make_state(self.plan, step))
 
     def get_state(self) -> dict[str, Any]:
-        """The core state of the step the next iteration starts at; JSON-serializable.
+        """The core state of the next batch of the latest iteration run in this process.
 
-        The progress of a running iteration lives in its `RampupIterator`s, one
-        per worker, which torchdata's `StatefulDataLoader` saves.
+        That is its progress (torchdata's `IterableWrapper` saves it), or the
+        start of the next iteration when none ran here since the last
+        `set_step` / `set_state`. With DataLoader workers the progress lives in
+        the workers' copies, which torchdata's `StatefulDataLoader` saves; this
+        process's copy then knows the start only. JSON-serializable.
         """
-        step, shift = (int(v) for v in self._start)
-        return make_state(self.plan, step, shift)
+        if self._latest is not None:
+            return self._latest.get_state()
+        return make_state(self.plan, *self._start)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Makes the next iteration start where `state` (from `get_state()`) says.
@@ -400,7 +458,10 @@ class RampupIterableDataset(IterableDataset):
             step, shift = read_state(state, self.plan, self.on_schedule_change)
             if step or shift:
                 self._refuse_seek(step)
-        self._start[0], self._start[1] = step, shift
+        self._start, self._latest = (step, shift), None
+        if get_worker_info() is None:
+            self._moves += 1
+        self._moves_seen = int(self._moves)
 
     state_dict = get_state
     load_state_dict = set_state
@@ -413,28 +474,61 @@ class RampupIterableDataset(IterableDataset):
             "from its own state_dict() under torchdata's StatefulDataLoader"
         )
 
-    def __iter__(self) -> RampupIterator:
+    def set_epoch(self, epoch: int) -> None:
+        """Refuses the call of a wrapper that shards every batch again; else does nothing.
+
+        The dataset reshuffles every epoch of its data by itself. What calls
+        `set_epoch` on a dataset is a wrapper: accelerate's prepared DataLoader
+        calls it at every iteration, and with more than one process it splits
+        the batches over the processes once more, although each rank already
+        yields its own slice of every global batch.
+
+        Raises:
+          ValueError: more than one process (this dataset's `world_size`, or
+            the initialized process group's).
+        """
+        check_count(epoch, "epoch")
+        world = max(self.world_size, _world(None, dist.get_world_size, 1))
+        if world > 1:
+            raise ValueError(
+                f"RampupIterableDataset (rank {self.rank} of {self.world_size}) got set_epoch("
+                f"{epoch}) with {world} processes: accelerate's prepared DataLoader calls it, "
+                "and it splits every batch over the processes once more, although each rank "
+                "already yields its own slice of every global batch, which loses data and "
+                "changes the sizes. Do not pass this DataLoader to accelerator.prepare(): "
+                "prepare the model and optimizer only, iterate the DataLoader as it is and move "
+                "each batch with accelerate.utils.send_to_device(batch, accelerator.device); or "
+                "use RampupBatchSampler"
+            )
+
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker_index, worker_count = (0, 1) if info is None else (info.id, info.num_workers)
-        if self.world_size > 1 and (sharder := _accelerate_sharder()):
-            raise ValueError(
-                f"RampupIterableDataset (rank {self.rank} of {self.world_size}) is iterated "
-                f"through accelerate's {sharder}: each rank already yields its own slice "
-                "of every global batch, and accelerator.prepare(loader) splits the batches "
-                "over the processes again, which loses data and changes the sizes. Do not "
-                "pass the DataLoader to accelerator.prepare(): prepare the model and "
-                "optimizer only, iterate the DataLoader as it is and move each batch with "
-                "accelerate.utils.send_to_device(batch, accelerator.device)"
-            )
+        if info is not None:
+            if self._iterations and int(self._moves) != self._moves_seen:
+                # Raised at next(), where the DataLoader passes a worker's error on.
+                return _Refused(
+                    RuntimeError(
+                        "set_step, set_state or load_state_dict moved the start of "
+                        "RampupIterableDataset after its DataLoader's persistent workers "
+                        "started: each worker keeps the copy of the dataset it started with, "
+                        "and which iteration the move was meant for cannot be told apart. "
+                        "Build the DataLoader with persistent_workers=False (its workers start "
+                        "from the dataset as it is at iter(loader)), or use "
+                        "RampupBatchSampler, whose state lives in the main process"
+                    )
+                )
+            self._iterations += 1
+        start = make_state(self.plan, *self._start)
         convert = self.collate is None
         if self.batches is not None:
-            return RampupIterator(
-                self.batches.iter_from(
-                    self.get_state(), worker_index=worker_index, worker_count=worker_count
-                ),
+            iterator = RampupIterator(
+                self.batches.iter_from(start, worker_index=worker_index, worker_count=worker_count),
                 convert,
                 self.microbatch_size,
             )
+            self._latest = iterator
+            return iterator
         if worker_count > 1:
             raise ValueError(
                 f"RampupIterableDataset over an iterable-only source ({type(self.source).__name__})"
@@ -454,18 +548,18 @@ class RampupIterableDataset(IterableDataset):
             process_count=self.world_size,
             on_schedule_change=self.on_schedule_change,
         )
-        return RampupIterator(stream, convert, self.microbatch_size)
+        self._latest = RampupIterator(stream, convert, self.microbatch_size)
+        return self._latest
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker starts from the start, not from this process's latest iteration.
+        return {**self.__dict__, "_latest": None}
 
     def __len__(self) -> int:
         """How many batches an iteration from the current start step yields (finite only)."""
         if self.batches is None:
             raise TypeError("a RampupIterableDataset over an iterable-only source has no len()")
-        if self.batches.end is None:
-            raise TypeError(
-                "a RampupIterableDataset over endless data (num_epochs=None) has no len()"
-            )
-        last = self.plan.last_batch(self.batches.end, self.drop_remainder, int(self._start[1]))
-        return 0 if last is None else max(0, last[0] + 1 - self.step)
+        return _steps_left(self.batches, *self._start, "RampupIterableDataset")
 
     def __repr__(self) -> str:
         kind = (
@@ -477,6 +571,282 @@ class RampupIterableDataset(IterableDataset):
             f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
             f"start step {self.step})"
         )
+
+
+class _Indices:
+    """The source indices themselves as the items: what a batch sampler yields."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def __getitems__(self, indices: list[int]) -> list[int]:
+        return indices
+
+
+def _index_list(indices: list[int]) -> list[int]:
+    return indices
+
+
+class RampupBatchSampler(Sampler[list[int]]):
+    """This process's index lists of a growing batch size, for `DataLoader(ds, batch_sampler=...)`.
+
+    Per step it yields this process's list of indices into a map-style dataset
+    of `length` items: the batches of `rampup.RampupBatches(np.arange(length),
+    schedule)` with the same options. The lists are made in the main process,
+    so any `num_workers` and start method, `pin_memory`, a `collate_fn` and a
+    dataset's `__getitems__` work as with torch's own samplers.
+
+    `set_step`, `set_state` and `load_state_dict` apply to the next iteration
+    started. `state_dict()` is the state of the next list of the latest
+    iteration (its progress, as torchdata's samplers keep it), or of the next
+    iteration's start when none ran since; through a `DataLoader` with workers
+    the sampler runs ahead of the loop by `num_workers * prefetch_factor`
+    lists, which `StatefulDataLoader` accounts for and a plain `DataLoader`
+    does not: there, resume from the training loop's step with `set_step`.
+
+    Args:
+      length: the number of items of the dataset, >= 1.
+      schedule: a `rampup.Schedule` or `rampup.Plan`.
+      shuffle: shuffle the indices anew in every epoch.
+      seed: the shuffle seed, an int, the same on every process; needed with shuffle.
+      num_epochs: end after this many passes over the data; None is endless.
+      drop_remainder: leave out a last partial batch.
+      process_index: this process's index; default `torch.distributed.get_rank()`
+        when the process group is initialized, else 0.
+      process_count: how many processes split every global batch; default
+        `torch.distributed.get_world_size()` when initialized, else 1.
+      on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        schedule: Schedule | Plan,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        num_epochs: int | None = None,
+        drop_remainder: bool = False,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        on_schedule_change: str = "raise",
+    ) -> None:
+        super().__init__()
+        shuffle = check_flag(shuffle, "shuffle")
+        if shuffle and seed is None:
+            raise TypeError(
+                "shuffle=True needs an int seed (the same on every process), got seed=None"
+            )
+        self.batches = RampupBatches(
+            _Indices(check_count(length, "length", 1)),
+            schedule,
+            shuffle_seed=seed if shuffle else None,
+            num_epochs=num_epochs,
+            drop_remainder=drop_remainder,
+            collate=_index_list,
+            process_index=_world(process_index, dist.get_rank, 0),
+            process_count=_world(process_count, dist.get_world_size, 1),
+            on_schedule_change=on_schedule_change,
+        )
+        self.plan = self.batches.plan
+        self.process_index = self.batches.process_index
+        self.process_count = self.batches.process_count
+        self._start = (0, 0)  # (step, shift) of the next iteration
+        self._latest: RampupIterator | None = None
+
+    @property
+    def step(self) -> int:
+        """The step the next iteration starts at."""
+        return self._start[0]
+
+    @property
+    def batch_size(self) -> NoReturn:
+        """Refused: the size follows the schedule, and a wrapper that reads it re-shards.
+
+        accelerate's `prepare(loader)` reads it to deal the sampler's lists out to
+        its processes in turn, which with a rampup sampler (each process already
+        holds its own slice of every step) loses data and mixes steps.
+
+        Raises:
+          TypeError: always, naming the fix.
+        """
+        raise TypeError(
+            f"RampupBatchSampler (process {self.process_index} of {self.process_count}) has no "
+            "batch_size: the size follows the schedule, and each process already gets its own "
+            "slice of every global batch. A wrapper that reads batch_size to deal the lists out "
+            "to its processes again (accelerate's accelerator.prepare(loader), Lightning's "
+            "distributed sampler) would lose data and mix steps. With accelerate, prepare the "
+            "model and optimizer only and move each batch with "
+            "accelerate.utils.send_to_device(batch, accelerator.device); with Lightning, pass "
+            "Trainer(use_distributed_sampler=False)"
+        )
+
+    def __iter__(self) -> RampupIterator:
+        start = make_state(self.plan, *self._start)
+        self._latest = RampupIterator(self.batches.iter_from(start), convert=False)
+        return self._latest
+
+    def __len__(self) -> int:
+        """How many lists an iteration from the current start step yields (finite only)."""
+        return _steps_left(self.batches, *self._start, "RampupBatchSampler")
+
+    def set_step(self, step: int) -> None:
+        """Makes the next iteration start at global batch `step` (the training loop's step)."""
+        self.set_state(make_state(self.plan, check_count(step, "step")))
+
+    def get_state(self) -> dict[str, Any]:
+        """The core state of the next list of the latest iteration, or of the next start."""
+        if self._latest is not None:
+            return self._latest.get_state()
+        return make_state(self.plan, *self._start)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Makes the next iteration start where `state` (from `get_state()`) says.
+
+        Raises:
+          ValueError: the state is not a rampup state, or was written under another schedule.
+        """
+        self._start, self._latest = self.batches.read_state(state), None
+
+    state_dict = get_state
+    load_state_dict = set_state
+
+    def __repr__(self) -> str:
+        return (
+            f"RampupBatchSampler(length={len(self.batches.source)}, {self.plan.schedule}, "
+            f"process {self.process_index}/{self.process_count}, start step {self.step})"
+        )
+
+
+class _NodeCursor:
+    """A torchdata node as the iterator a `StreamBatcher` pulls from; its state is the node's."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def __iter__(self) -> _NodeCursor:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.node)
+
+    def get_state(self) -> dict[str, Any]:
+        return self.node.state_dict()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.node.reset(state)
+
+
+class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
+    """Whole batches of a growing size as a `torchdata.nodes.BaseNode`.
+
+    `reset(initial_state)` starts at step 0 or at a state from `get_state()`
+    (in O(1) for a map-style source), so `nodes.Loader(...).state_dict()` and
+    `load_state_dict()` resume exactly; downstream nodes (`ParallelMapper`,
+    `Prefetcher`, `PinMemory`) see batches as any other node's items.
+
+    Args:
+      source: a map-style source (`__len__` and `__getitem__`), read by random
+        access; or a `BaseNode` of elements, batched as a stream (this
+        process's share of it, restored through the node's own state).
+      schedule: a `rampup.Schedule` or `rampup.Plan`.
+      shuffle: shuffle a map-style source anew in every epoch.
+      seed: the shuffle seed, an int; needed with shuffle.
+      num_epochs: end after this many passes over a map-style source; None is endless.
+      drop_remainder: leave out a last partial batch.
+      collate: turns a list of elements into a batch, yielded as it is; the
+        default (`tensor_collate`) yields tensors.
+      process_index: this process's index; default from `torch.distributed`, else 0.
+      process_count: how many processes split every global batch; default
+        from `torch.distributed`, else 1.
+      on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        schedule: Schedule | Plan,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        num_epochs: int | None = None,
+        drop_remainder: bool = False,
+        collate: Callable[[list[Any]], Any] | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        on_schedule_change: str = "raise",
+    ) -> None:
+        if _BaseNode is object:
+            raise ImportError(
+                "RampupNode is a torchdata node: pip install 'torchdata>=0.10' (or rampup[all])"
+            )
+        super().__init__()
+        shuffle = check_flag(shuffle, "shuffle")
+        if shuffle and seed is None:
+            raise TypeError("shuffle=True needs an int seed (the same on every process)")
+        self.convert = check_collate(collate) is None
+        options: dict[str, Any] = dict(
+            drop_remainder=drop_remainder,
+            process_index=_world(process_index, dist.get_rank, 0),
+            process_count=_world(process_count, dist.get_world_size, 1),
+            on_schedule_change=on_schedule_change,
+        )
+        self.source = source
+        self.batches: RampupBatches | None = None
+        if isinstance(source, _BaseNode):
+            if shuffle or num_epochs is not None:
+                raise ValueError(
+                    "shuffle and num_epochs need a map-style source; a node of elements is "
+                    "batched as a stream in its own order, to its own end"
+                )
+            self.plan = as_plan(schedule)
+            self.options = {**options, "collate": collate or tensor_collate}
+        elif _is_map_style(source):
+            self.batches = RampupBatches(
+                source,
+                schedule,
+                shuffle_seed=seed if shuffle else None,
+                num_epochs=num_epochs,
+                collate=collate
+                if collate is not None or isinstance(source, np.ndarray)
+                else tensor_collate,
+                **options,
+            )
+            self.plan = self.batches.plan
+        else:
+            raise TypeError(
+                f"RampupNode needs a map-style source (with __len__ and __getitem__) or a "
+                f"torchdata BaseNode of elements, got {type(source).__name__}"
+            )
+        self._iterator: ScheduledIterator | None = None
+
+    def reset(self, initial_state: dict[str, Any] | None = None) -> None:
+        """Starts at step 0, or where `initial_state` (from `get_state()`) says."""
+        super().reset(initial_state)
+        if self.batches is not None:
+            self._iterator = self.batches.iter_from(initial_state or 0)
+            return
+        stream = StreamBatcher(_NodeCursor(self.source), self.plan, **self.options)
+        if initial_state is None:
+            self.source.reset(None)
+        else:
+            stream.set_state(initial_state)
+        self._iterator = stream
+
+    def next(self) -> Any:
+        """The next batch; tensors unless a `collate` was given."""
+        batch = next(cast(ScheduledIterator, self._iterator))
+        return as_tensors(batch) if self.convert else batch
+
+    def get_state(self) -> dict[str, Any]:
+        """The core state of the next batch (with the source node's, for a stream)."""
+        return cast(ScheduledIterator, self._iterator).get_state()
 
 
 # --- learning rates ---------------------------------------------------------------------------

@@ -468,6 +468,7 @@ class StreamBatcher(ScheduledIterator):
 
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule", "parent"}`; JSON-able if the parent's is."""
+        self._parent_method("set_state")  # a state that cannot be restored is refused now
         parent_state = self._parent_method("get_state")()
         if self._pending:
             # The parent's state already points past these elements: a checkpoint now would

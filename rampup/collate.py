@@ -13,6 +13,8 @@ import numpy as np
 _SCALARS = (bool, numbers.Number, str, bytes)
 
 Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+# Stacks the values at one node of the elements into a batch, or returns NotImplemented.
+StackLeaves = Callable[[Sequence[Any]], Any]
 
 
 def mapping_like(template: Mapping, items: dict) -> Mapping:
@@ -92,8 +94,16 @@ def _same_text_kind(leaves: Sequence[Any]) -> bool:
 
 
 def _stack(
-    leaves: Sequence[Any], elements: Sequence[Any], path: tuple, allocate: Allocate | None = None
+    leaves: Sequence[Any],
+    elements: Sequence[Any],
+    path: tuple,
+    allocate: Allocate | None = None,
+    stack: StackLeaves | None = None,
 ) -> Any:
+    if stack is not None:
+        stacked = stack(leaves)
+        if stacked is not NotImplemented:
+            return stacked
     first = leaves[0]
     if isinstance(first, Mapping):
         keys = first.keys()
@@ -101,7 +111,8 @@ def _stack(
             if not isinstance(leaf, Mapping) or leaf.keys() != keys:
                 raise _mismatch(elements, i, path, "different keys")
         out = {
-            k: _stack([leaf[k] for leaf in leaves], elements, (*path, k), allocate) for k in keys
+            k: _stack([leaf[k] for leaf in leaves], elements, (*path, k), allocate, stack)
+            for k in keys
         }
         return mapping_like(first, out)
     if isinstance(first, (list, tuple)):
@@ -110,7 +121,8 @@ def _stack(
             if type(leaf) is not kind or len(leaf) != n:
                 raise _mismatch(elements, i, path, "different structure")
         parts = [
-            _stack([leaf[j] for leaf in leaves], elements, (*path, j), allocate) for j in range(n)
+            _stack([leaf[j] for leaf in leaves], elements, (*path, j), allocate, stack)
+            for j in range(n)
         ]
         return kind(*parts) if hasattr(first, "_fields") else kind(parts)
     if isinstance(first, (np.ndarray, np.generic)):
@@ -139,7 +151,11 @@ def _stack(
             first,
             **{
                 name: _stack(
-                    [getattr(leaf, name) for leaf in leaves], elements, (*path, name), allocate
+                    [getattr(leaf, name) for leaf in leaves],
+                    elements,
+                    (*path, name),
+                    allocate,
+                    stack,
                 )
                 for name in fields
             },
@@ -163,7 +179,9 @@ def _stack(
     )
 
 
-def default_collate(elements: Sequence[Any], *, allocate: Allocate | None = None) -> Any:
+def default_collate(
+    elements: Sequence[Any], *, allocate: Allocate | None = None, stack: StackLeaves | None = None
+) -> Any:
     """Stacks elements (pytrees of arrays and scalars) along a new leading axis.
 
     Dicts (any mapping type, a `defaultdict` with its factory), lists, tuples,
@@ -176,10 +194,13 @@ def default_collate(elements: Sequence[Any], *, allocate: Allocate | None = None
       allocate: `(shape, dtype) -> array` that each NumPy leaf's batch is stacked
         into (grain's shared memory in `mp_prefetch` workers); None allocates as
         `np.stack` does. Not called for object dtypes.
+      stack: `leaves -> batch` tried first at every node of the structure, with
+        the elements' values there; it returns `NotImplemented` to leave a node to
+        this function (a framework's tensors stacked as tensors, for instance).
 
     Returns:
       One pytree of the elements' structure whose leaves have a leading batch axis.
     """
     if len(elements) == 0:
         raise ValueError("cannot collate an empty list of elements")
-    return _stack(elements, elements, (), allocate)
+    return _stack(elements, elements, (), allocate, stack)

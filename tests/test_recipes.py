@@ -117,7 +117,7 @@ def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(
     assert ranks[0]["weights"] == ranks[1]["weights"]
     for r in ranks:
         assert r["refused"] is not None, "accelerator.prepare(loader) was not refused"
-        assert "DataLoaderDispatcher" in r["refused"]
+        assert "accelerator.prepare()" in r["refused"]
         assert "prepare the model and optimizer only" in r["refused"]
 
 
