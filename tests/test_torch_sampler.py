@@ -83,8 +83,10 @@ def test_sampler_state_is_its_progress_and_restores_in_a_fresh_sampler():
 def test_sampler_set_step_applies_to_the_next_iteration_only():
     sampler = RampupBatchSampler(100, SCHEDULE, num_epochs=1)
     it = iter(sampler)
+    next(it)
     sampler.set_step(4)
-    assert next(it) == naive_batches(100, 1)[0]  # the live iteration is not moved
+    assert sampler.state_dict()["step"] == 4  # the next iteration's start, not the live one's
+    assert next(it) == naive_batches(100, 1)[1]  # the live iteration is not moved
     assert next(iter(sampler)) == naive_batches(100, 1)[4]
     assert len(sampler) == len(naive_batches(100, 1)) - 4
 
