@@ -3,6 +3,9 @@ torchdata's StatefulDataLoader, orbax with grain's checkpoint handlers."""
 
 import json
 import os
+import pathlib
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import rampup
 
 SCHEDULE = rampup.piecewise({0: 2, 3: 4, 6: 8})
 LENGTH = 60
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def elements() -> np.ndarray:
@@ -28,97 +32,175 @@ def whole_batches(num_epochs=1, shuffle_seed=1) -> list[list[float]]:
     return [b[:, 0].tolist() for b in batches]
 
 
-# accelerate: 2 processes on 127.0.0.1 (gloo), launched with the variables accelerate reads.
+# accelerate: the README's recipe, run by the README's own `accelerate launch` command.
 
-ACCELERATE_RANK = """
-import json, sys
-import numpy as np, torch
+README = ROOT / "README.md"
+
+
+def readme_section(heading: str) -> str:
+    """The text of the README's `### heading` subsection."""
+    text = README.read_text()
+    start = text.index(f"### {heading}\n")
+    end = text.find("\n#", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def fenced(section: str, lang: str) -> list[str]:
+    """The text of the section's fenced blocks opened with ```lang, in order."""
+    blocks: list[tuple[str, list[str]]] = []
+    inside = False
+    for line in section.splitlines():
+        if not inside and line.startswith("```"):
+            blocks.append((line[3:].strip(), []))
+            inside = True
+        elif inside and line == "```":
+            inside = False
+        elif inside:
+            blocks[-1][1].append(line)
+    return ["\n".join(lines) + "\n" for kind, lines in blocks if kind == lang]
+
+
+def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int):
+    """Runs the section's `accelerate launch` line with check.py for its train.py.
+
+    The README's script is saved as train.py next to check.py, which runs it as
+    written and then again through its functions with what the test reads recorded.
+    The port 0 of the line (accelerate picks a free one) becomes the fixture's.
+    Returns each rank's JSON report and the launcher's output.
+    """
+    (tmp_path / "train.py").write_text(fenced(section, "python")[0])
+    (tmp_path / "check.py").write_text(check)
+    [line] = [line for line in fenced(section, "bash")[0].splitlines() if "accelerate" in line]
+    argv = shlex.split(line)
+    assert argv[:2] == ["accelerate", "launch"] and argv[-1] == "train.py", line
+    assert argv[argv.index("--num_processes") + 1] == "2", line
+    port_at = argv.index("--main_process_port") + 1
+    # The venv's accelerate; the processes import the rampup these tests import.
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(rampup.__file__).parents[1])}
+
+    def launch(port):
+        command = [str(pathlib.Path(sys.executable).with_name("accelerate")), *argv[1:]]
+        command[port_at], command[-1] = str(port), "check.py"
+        return [
+            subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its process group holds the ranks, killed below
+            )
+        ]
+
+    procs, logs = run_on_free_port(launch, timeout=timeout)
+    for proc in procs:
+        try:  # ranks left behind by a launcher that failed or timed out
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert procs[0].returncode == 0, logs[0][-4000:]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return reports, logs[0]
+
+
+ACCELERATE_CHECK = """
+import json, runpy
+import numpy as np
 from accelerate import Accelerator
-from accelerate.utils import send_to_device
+from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader
 import rampup
-from rampup.adapters.torch import RampupIterableDataset
+from rampup.adapters.torch import RampupBatchSampler, RampupIterableDataset
 
-out = sys.argv[1]
-schedule = rampup.piecewise({0: 2, 3: 4, 6: 8})
-data = np.arange(120, dtype=np.float32).reshape(60, 2)
-accelerator = Accelerator(cpu=True)
+if __name__ == "__main__":
+    runpy.run_path("train.py", run_name="__main__")  # the README's script as written
+    recipe = runpy.run_path("train.py")  # its functions, with the rows recorded
+    accelerator = Accelerator(cpu=True)
+    model, optimizer, loader = recipe["build"](accelerator)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    steps = recipe["train"](accelerator, model, optimizer, loader)
+    index = {tuple(row): i for i, row in enumerate(loader.dataset.tensors[0].tolist())}
+    rows = [[index[tuple(row)] for row in x.tolist()] for x in seen]
 
-# The recipe: prepare the model and optimizer, not the DataLoader.
-torch.manual_seed(0)
-model = torch.nn.Linear(2, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-model, optimizer = accelerator.prepare(model, optimizer)
-dataset = RampupIterableDataset(data, schedule, shuffle=True, seed=1, num_epochs=1)
-rows = []
-for batch in DataLoader(dataset, batch_size=None, num_workers=2):
-    batch = send_to_device(batch, accelerator.device)
-    loss = model(batch).pow(2).mean()
-    accelerator.backward(loss)
-    optimizer.step()
-    optimizer.zero_grad()
-    rows.append(batch[:, 0].tolist())
-
-# What the recipe avoids: accelerate shards the rank's slices once more.
-refused = None
-try:
-    for _ in accelerator.prepare(DataLoader(dataset, batch_size=None)):
-        pass
-except ValueError as e:
-    refused = str(e)
-weights = [float(w) for w in model.module.weight.flatten()] if hasattr(model, "module") else None
-with open(out, "w") as f:
-    json.dump({"rank": accelerator.process_index, "world": accelerator.num_processes,
-               "rows": rows, "refused": refused, "weights": weights}, f)
-accelerator.wait_for_everyone()
-accelerator.end_training()
+    small = rampup.piecewise({0: 2, 3: 4, 6: 8})
+    refused = {}
+    try:
+        accelerator.prepare(DataLoader(np.arange(60), batch_sampler=RampupBatchSampler(
+            60, small, num_epochs=1)))
+        refused["sampler"] = None
+    except TypeError as error:
+        refused["sampler"] = str(error)
+    for method in ("fork", "spawn", "forkserver"):
+        dataset = RampupIterableDataset(np.arange(60), small, num_epochs=1)
+        prepared = accelerator.prepare(
+            DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context=method))
+        try:
+            refused[method] = [b.tolist() for b in prepared]  # what it yields unrefused
+        except ValueError as error:
+            refused[method] = str(error)
+    # The one path that is not refused (the README says so): dispatch_batches=True.
+    dispatched = prepare_data_loader(
+        DataLoader(np.arange(60), batch_sampler=RampupBatchSampler(60, small, num_epochs=1)),
+        dispatch_batches=True, put_on_device=True)
+    with open(f"rank{accelerator.process_index}.json", "w") as f:
+        json.dump({"rank": accelerator.process_index, "world": accelerator.num_processes,
+                   "steps": steps, "rows": rows, "refused": refused,
+                   "dispatched": [b.tolist() for b in dispatched]}, f)
 """
 
 
+def rank_lines(log: str) -> list[str]:
+    return sorted(line for line in log.splitlines() if re.fullmatch(r"rank \d+: .*", line))
+
+
+def in_rank_order(reports: list[dict], key: str = "rows") -> list[list[int]]:
+    """Each step's rows of all ranks, concatenated in rank order."""
+    assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
+    return [a + b for a, b in zip(reports[0][key], reports[1][key], strict=True)]
+
+
 @pytest.mark.slow
-def test_accelerate_two_processes_recipe_is_exact_and_prepare_is_refused(
+def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refused(
     tmp_path, run_on_free_port
 ):
     pytest.importorskip("accelerate")
-
-    def launch(port):  # torch's TCPStore on MASTER_PORT, as torchrun sets it up
-        procs = []
-        for rank in (0, 1):
-            env = {
-                **os.environ,
-                "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "RANK": str(rank),
-                "WORLD_SIZE": "2",
-                "LOCAL_RANK": str(rank),
-                "LOCAL_WORLD_SIZE": "2",
-            }
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-c", ACCELERATE_RANK, str(tmp_path / f"rank{rank}.json")],
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        return procs
-
-    procs, logs = run_on_free_port(launch, timeout=120)
-    assert [p.returncode for p in procs] == [0, 0], [log[-3000:] for log in logs]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [(r["rank"], r["world"]) for r in ranks] == [(0, 2), (1, 2)]
-    union = [a + b for a, b in zip(ranks[0]["rows"], ranks[1]["rows"], strict=True)]
-    assert union == whole_batches()
-    plan = rampup.Plan(SCHEDULE)
-    assert [len(a) + len(b) for a, b in zip(ranks[0]["rows"], ranks[1]["rows"], strict=True)][
-        :-1
-    ] == [plan.size(k) for k in range(len(union) - 1)]
-    # DDP kept the replicas equal: the model was prepared, the data was not.
-    assert ranks[0]["weights"] == ranks[1]["weights"]
-    for r in ranks:
-        assert r["refused"] is not None, "accelerator.prepare(loader) was not refused"
-        assert "accelerator.prepare()" in r["refused"]
-        assert "prepare the model and optimizer only" in r["refused"]
+    section = readme_section("Hugging Face `accelerate`")
+    recipe = fenced(section, "python")[0]
+    # The oracle's parameters are the recipe's: it must still say them.
+    assert "rampup.piecewise({0: 16, 4: 32}, multiple_of=accelerator.num_processes)" in recipe
+    assert "RampupBatchSampler(len(dataset), schedule, shuffle=True, seed=0, num_epochs=1)" in (
+        recipe
+    )
+    assert "torch.randn(1_000, 8," in recipe
+    reports, log = launch_in(tmp_path, section, ACCELERATE_CHECK, run_on_free_port, timeout=150)
+    # Two processes really ran, and printed what the README says.
+    assert rank_lines(log) == sorted(fenced(section, "")[-1].strip().splitlines())
+    schedule = rampup.piecewise({0: 16, 4: 32}, multiple_of=2)
+    whole = [
+        b.tolist()
+        for b in rampup.RampupBatches(np.arange(1000), schedule, shuffle_seed=0, num_epochs=1)
+    ]
+    assert in_rank_order(reports) == whole
+    assert [len(b) for b in whole[:-1]] == [schedule(k) for k in range(len(whole) - 1)]
+    assert [r["steps"] for r in reports] == [len(whole)] * 2
+    for r in reports:
+        assert "has no batch_size" in r["refused"]["sampler"]
+        assert "send_to_device" in r["refused"]["sampler"]
+        for method in ("fork", "spawn", "forkserver"):
+            message = r["refused"][method]
+            assert isinstance(message, str), f"{method}: not refused, yielded {message}"
+            assert "Do not pass this DataLoader to accelerator.prepare()" in message
+    # dispatch_batches=True loses data, as the README warns.
+    small = [
+        b.tolist()
+        for b in rampup.RampupBatches(
+            np.arange(60), rampup.piecewise({0: 2, 3: 4, 6: 8}), num_epochs=1
+        )
+    ]
+    dispatched = in_rank_order(reports, "dispatched")
+    assert sorted(sum(dispatched, [])) != list(range(60))
+    assert dispatched != small
 
 
 def test_accelerate_one_process_prepare_keeps_the_batches():
