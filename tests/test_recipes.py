@@ -154,10 +154,10 @@ def rank_lines(log: str) -> list[str]:
     return sorted(line for line in log.splitlines() if re.fullmatch(r"rank \d+: .*", line))
 
 
-def in_rank_order(reports: list[dict], key: str = "rows") -> list[list[int]]:
-    """Each step's rows of all ranks, concatenated in rank order."""
+def in_rank_order(reports: list[dict], rows=lambda report: report["rows"]) -> list[list[int]]:
+    """Each step's rows of the 2 ranks, concatenated in rank order."""
     assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
-    return [a + b for a, b in zip(reports[0][key], reports[1][key], strict=True)]
+    return [a + b for a, b in zip(rows(reports[0]), rows(reports[1]), strict=True)]
 
 
 @pytest.mark.slow
@@ -198,9 +198,71 @@ def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refus
             np.arange(60), rampup.piecewise({0: 2, 3: 4, 6: 8}), num_epochs=1
         )
     ]
-    dispatched = in_rank_order(reports, "dispatched")
+    dispatched = in_rank_order(reports, lambda r: r["dispatched"])
     assert sorted(sum(dispatched, [])) != list(range(60))
     assert dispatched != small
+
+
+# transformers.Trainer: the README's recipe under the same launch command.
+
+TRAINER_CHECK = """
+import json, runpy, types
+from transformers import Trainer
+
+if __name__ == "__main__":
+    runpy.run_path("train.py", run_name="__main__")  # the README's script as written
+    recipe = runpy.run_path("train.py")  # its functions, with rows and losses recorded
+
+    def run(output_dir, resume=None, trainer_skips=False, **arguments):
+        trainer = recipe["make_trainer"](output_dir, **arguments)
+        if trainer_skips:  # without the recipe's override: Trainer's own skip
+            trainer.get_resumed_dataloader = types.MethodType(
+                Trainer.get_resumed_dataloader, trainer)
+        index = {tuple(e["x"].tolist()): i for i, e in enumerate(trainer.train_dataset)}
+        seen = []
+
+        def record(module, args, kwargs, output):
+            rows = [index[tuple(row)] for row in kwargs["x"].tolist()]
+            seen.append((rows, output["loss"].item()))
+
+        trainer.model.register_forward_hook(record, with_kwargs=True)
+        trainer.train(resume_from_checkpoint=resume)
+        return {"steps": trainer.state.global_step, "seed": trainer.args.seed,
+                "rows": [rows for rows, _ in seen], "losses": [loss for _, loss in seen]}
+
+    report = {"whole": run("run", save_strategy="steps", save_steps=4)}
+    report["resumed"] = run("set_step", resume="run/checkpoint-4")
+    report["skipped"] = run("skip", resume="run/checkpoint-4", trainer_skips=True)
+    from accelerate import PartialState
+    state = PartialState()
+    report.update(rank=state.process_index, world=state.num_processes)
+    with open(f"rank{state.process_index}.json", "w") as f:
+        json.dump(report, f)
+"""
+
+
+@pytest.mark.slow
+def test_trainer_recipe_trains_on_the_global_batches_and_resumes_exactly(
+    tmp_path, run_on_free_port
+):
+    pytest.importorskip("transformers")
+    section = readme_section("Hugging Face `transformers.Trainer`")
+    recipe = fenced(section, "python")[0]
+    assert "rampup.piecewise({0: 8, 3: 16, 6: 32}, multiple_of=args.world_size)" in recipe
+    assert "torch.randn(1_000, 8," in recipe and "shuffle=True" in recipe
+    reports, log = launch_in(tmp_path, section, TRAINER_CHECK, run_on_free_port, timeout=200)
+    assert rank_lines(log) == sorted(fenced(section, "")[-1].strip().splitlines())
+    schedule = rampup.piecewise({0: 8, 3: 16, 6: 32}, multiple_of=2)
+    [seed] = {r["whole"]["seed"] for r in reports}
+    oracle = iter(rampup.RampupBatches(np.arange(1000), schedule, shuffle_seed=seed))
+    whole = [next(oracle).tolist() for _ in range(10)]
+    assert [r["whole"]["steps"] for r in reports] == [10, 10]
+    assert in_rank_order(reports, lambda r: r["whole"]["rows"]) == whole
+    assert [len(b) for b in whole] == [schedule(k) for k in range(10)]
+    for run in ("resumed", "skipped"):
+        assert in_rank_order(reports, lambda r, run=run: r[run]["rows"]) == whole[4:], run
+        for r in reports:  # the model and optimizer came back too
+            assert r[run]["losses"] == r["whole"]["losses"][4:], run
 
 
 def test_accelerate_one_process_prepare_keeps_the_batches():
