@@ -65,7 +65,8 @@ def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int
 
     The README's script is saved as train.py next to check.py, which runs it as
     written and then again through its functions with what the test reads recorded.
-    The port 0 of the line (accelerate picks a free one) becomes the fixture's.
+    The line runs as it is: its `--main_process_port 0` has accelerate pick a free port,
+    and the fixture runs it again if another process takes that port in between.
     Returns each rank's JSON report and the launcher's output.
     """
     (tmp_path / "train.py").write_text(fenced(section, "python")[0])
@@ -74,14 +75,16 @@ def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int
     argv = shlex.split(line)
     assert argv[:2] == ["accelerate", "launch"] and argv[-1] == "train.py", line
     assert argv[argv.index("--num_processes") + 1] == "2", line
-    port_at = argv.index("--main_process_port") + 1
     # The venv's accelerate; the processes import the rampup these tests import.
-    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(rampup.__file__).parents[1])}
+    paths = [str(pathlib.Path(rampup.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
 
-    def launch(port):
+    started = []
+
+    def launch(port):  # the README's port 0, not the fixture's port
         command = [str(pathlib.Path(sys.executable).with_name("accelerate")), *argv[1:]]
-        command[port_at], command[-1] = str(port), "check.py"
-        return [
+        command[-1] = "check.py"
+        started.append(
             subprocess.Popen(
                 command,
                 cwd=tmp_path,
@@ -90,14 +93,17 @@ def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its process group holds the ranks, killed below
             )
-        ]
+        )
+        return started[-1:]
 
-    procs, logs = run_on_free_port(launch, timeout=timeout)
-    for proc in procs:
-        try:  # ranks left behind by a launcher that failed or timed out
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    try:
+        procs, logs = run_on_free_port(launch, timeout=timeout)
+    finally:
+        for proc in started:
+            try:  # ranks left behind by a launcher that failed or timed out
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     assert procs[0].returncode == 0, logs[0][-4000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     return reports, logs[0]
