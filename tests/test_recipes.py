@@ -284,6 +284,19 @@ def test_accelerate_one_process_prepare_keeps_the_batches():
     assert [b[:, 0].tolist() for b in loader] == whole_batches()
 
 
+def test_accelerate_one_process_prepare_keeps_the_sampler_lists():
+    # With one process accelerate wraps no batch sampler: the lists pass through.
+    accelerate = pytest.importorskip("accelerate")
+    torch = pytest.importorskip("torch")
+    from rampup.adapters.torch import RampupBatchSampler
+
+    accelerator = accelerate.Accelerator(cpu=True)
+    assert accelerator.num_processes == 1
+    sampler = RampupBatchSampler(LENGTH, SCHEDULE, shuffle=True, seed=1, num_epochs=1)
+    loader = accelerator.prepare(torch.utils.data.DataLoader(elements(), batch_sampler=sampler))
+    assert [b[:, 0].tolist() for b in loader] == whole_batches()
+
+
 # Lightning: Trainer(max_steps=...), set_step(global_step) in train_dataloader().
 
 
