@@ -191,20 +191,23 @@ def _numbers_row(value: Any) -> tuple[int, type] | None:
 
 
 def tensor_collate(elements: Sequence[Any]) -> Any:
-    """`rampup.default_collate` for elements that hold torch tensors.
+    """`rampup.default_collate` for elements that hold torch tensors, yielding tensors.
 
     Tensors stack with `torch.stack` (no round trip through NumPy, as
     Hugging Face `datasets` in torch format give them), a list of Python
     numbers of one type becomes one row of a tensor (a vector in `datasets`'
-    python format), and NumPy arrays and scalars stack as the core stacks them.
+    python format), and NumPy arrays and scalars stack as the core stacks them,
+    then become tensors (`as_tensors`). It is also a `DataLoader`'s
+    `collate_fn`: `DataLoader(ds, batch_sampler=RampupBatchSampler(...),
+    collate_fn=tensor_collate)`.
 
     Args:
       elements: the batch's elements, all of the same structure.
 
     Returns:
-      One pytree whose leaves have a leading batch axis.
+      One pytree whose leaves have a leading batch axis, tensors where torch has a dtype.
     """
-    return default_collate(elements, stack=_stack_tensors)
+    return as_tensors(default_collate(elements, stack=_stack_tensors))
 
 
 def _steps_left(batches: RampupBatches, step: int, shift: int, what: str) -> int:
