@@ -103,6 +103,7 @@ def test_stateful_dataloader_sampler_checkpoint_mid_epoch_with_two_workers_resto
     restored = stateful_loader(2, multiprocessing_context)
     restored.load_state_dict(state)
     assert head + rows(restored) == expected
+    assert head + rows(it) == expected  # run to the end: no node thread outlives the test
 
 
 @pytest.mark.slow
@@ -169,6 +170,7 @@ def test_rampup_node_through_loader_mapper_and_prefetcher_resumes_exactly():
     restored = node_pipeline(np.arange(LENGTH), **options)
     restored.load_state_dict(state)
     assert head + rows(restored) == expected
+    assert head + rows(it) == expected  # run to the end: no node thread outlives the test
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="PinMemory needs CUDA")
@@ -194,6 +196,7 @@ def test_rampup_node_over_a_node_of_elements_restores_through_the_source_state()
     restored = node_pipeline(stream(), mapper_workers=1)
     restored.load_state_dict(state)
     assert rows(restored) == expected[7:]
+    assert rows(it) == expected[7:]  # run to the end: no node thread outlives the test
 
 
 # --- Hugging Face datasets as a source --------------------------------------------------------
