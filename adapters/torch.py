@@ -596,6 +596,41 @@ def _index_list(indices: list[int]) -> list[int]:
     return indices
 
 
+class _IndexLists(ScheduledIterator):
+    """A `RampupBatchSampler` iteration: this process's source indices of each step, as a list.
+
+    It asks the core for each step's positions (`RampupBatches.window`) and
+    their indices (`RampupBatches.indices`) and nothing else: the fetch,
+    collate and tensor layers of a batch iterator, which a list of indices
+    does not need, cost about a third of the sampler's time per list.
+    """
+
+    def __init__(self, batches: RampupBatches, step: int, shift: int) -> None:
+        self.batches = batches
+        self.describe(batches)
+        self._step, self._shift = step, shift
+
+    @property
+    def step(self) -> int:
+        """The step of the next list."""
+        return self._step
+
+    def __next__(self) -> list[int]:
+        window = self.batches.window(self._step, self._shift)
+        if window is None:
+            raise StopIteration
+        self._step += 1
+        return self.batches.indices(*window).tolist()
+
+    def get_state(self) -> dict[str, Any]:
+        """The core state of the next list; JSON-serializable."""
+        return make_state(self.plan, self._step, self._shift)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues from a state written by `get_state()`."""
+        self._step, self._shift = self.batches.read_state(state)
+
+
 class RampupBatchSampler(Sampler[list[int]]):
     """This process's index lists of a growing batch size, for `DataLoader(ds, batch_sampler=...)`.
 
@@ -661,7 +696,7 @@ class RampupBatchSampler(Sampler[list[int]]):
         self.process_index = self.batches.process_index
         self.process_count = self.batches.process_count
         self._start = (0, 0)  # (step, shift) of the next iteration
-        self._latest: RampupIterator | None = None
+        self._latest: _IndexLists | None = None
 
     @property
     def step(self) -> int:
@@ -690,9 +725,8 @@ class RampupBatchSampler(Sampler[list[int]]):
             "Trainer(use_distributed_sampler=False)"
         )
 
-    def __iter__(self) -> RampupIterator:
-        start = make_state(self.plan, *self._start)
-        self._latest = RampupIterator(self.batches.iter_from(start), convert=False)
+    def __iter__(self) -> Iterator[list[int]]:
+        self._latest = _IndexLists(self.batches, *self._start)
         return self._latest
 
     def __len__(self) -> int:

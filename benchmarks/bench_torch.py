@@ -1,11 +1,19 @@
 """PyTorch adapter: DataLoader workers 2 vs 0, and the ramp-up vs `DataLoader(batch_size=n)`.
 
-Run: python benchmarks/bench_torch.py [--quick] [--json PATH]
+The ramp-up rows time both sides in the main process (`num_workers=0`): what
+they compare is the per-batch cost of the ramp-up, which workers would spread
+over other cores and the machine's load would move. The Hugging Face `datasets`
+row is left out, saying so on stderr, when `datasets` is not installed.
+
+Run: python -m rampup.benchmarks.bench_torch [--quick] [--json PATH]
+(from a checkout, `python -m` imports the checkout's `rampup`; a script path
+would import whichever `rampup` is installed)
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import warnings
 from typing import Any
@@ -14,8 +22,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from rampup import constant, piecewise
-from rampup.adapters.torch import RampupIterableDataset
+from rampup.adapters.torch import RampupBatchSampler, RampupIterableDataset
 from rampup.benchmarks.harness import at_least, at_most, main, ratio
+
+# DataLoader workers of the sampler and datasets rows, the same on both sides.
+WORKERS = 0
 
 
 class HeavyItems(Dataset):
@@ -171,6 +182,78 @@ def columnar_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
     ]
 
 
+def sampler_vs_batch_size(quick: bool) -> dict[str, Any]:
+    """`RampupBatchSampler` at a constant schedule through `DataLoader` vs
+    `DataLoader(dataset, batch_size=n)`: the same dataset, collate and workers."""
+    source, n = CheapItems(4096 if quick else 16384, 64), 64
+
+    def ours():
+        sampler = RampupBatchSampler(len(source), constant(n), num_epochs=1)
+        for _ in DataLoader(source, batch_sampler=sampler, num_workers=WORKERS):
+            pass
+
+    def torch_batch():
+        for _ in DataLoader(source, batch_size=n, num_workers=WORKERS):
+            pass
+
+    return at_most(
+        f"time, RampupBatchSampler at constant(64) through DataLoader / "
+        f"DataLoader(batch_size=64), same dataset, {WORKERS} workers",
+        ratio(ours, torch_batch, 5 if quick else 21),
+        1.05,
+    )
+
+
+def hugging_face_rows(rows: int) -> Any:
+    """A Hugging Face `datasets.Dataset` in torch format, made locally: 8 floats and a label
+    per row. None, saying why on stderr, when `datasets` is not installed."""
+    try:
+        import datasets
+    except ImportError:
+        print(
+            "skipped: the Hugging Face datasets row (datasets is not installed; "
+            "pip install datasets)",
+            file=sys.stderr,
+        )
+        return None
+    rng = np.random.default_rng(0)
+    columns = {
+        "features": rng.random((rows, 8), dtype=np.float32),
+        "label": rng.integers(0, 2, rows),
+    }
+    return datasets.Dataset.from_dict(columns).with_format("torch")
+
+
+def hugging_face_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
+    """The ramp-up at a constant schedule over a `datasets` source in torch format (tensor
+    elements, stacked as tensors) vs `DataLoader(source, batch_size=n)`, which reads it
+    the same way (`__getitems__`); no row without `datasets`."""
+    source, n = hugging_face_rows(2_000 if quick else 50_000), 64
+    if source is None:
+        return []
+
+    def ours():
+        for _ in DataLoader(
+            RampupIterableDataset(source, constant(n), num_epochs=1),
+            batch_size=None,
+            num_workers=WORKERS,
+        ):
+            pass
+
+    def torch_batch():
+        for _ in DataLoader(source, batch_size=n, num_workers=WORKERS):
+            pass
+
+    return [
+        at_most(
+            f"time, ramp-up at constant(64) / DataLoader(batch_size=64), Hugging Face "
+            f"datasets source in torch format, {WORKERS} workers",
+            ratio(ours, torch_batch, 3 if quick else 7),
+            1.10,
+        )
+    ]
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """All PyTorch adapter benchmarks."""
     with warnings.catch_warnings():
@@ -179,6 +262,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             workers_two_vs_zero(quick),
             constant_vs_batch_size(quick),
             *columnar_vs_batch_size(quick),
+            sampler_vs_batch_size(quick),
+            *hugging_face_vs_batch_size(quick),
         ]
 
 

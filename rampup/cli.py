@@ -311,6 +311,9 @@ def bench(args: argparse.Namespace) -> int:
                     }
                 )
                 continue
+            for line in done.stderr.splitlines():  # a row left out says why
+                if line.startswith("skipped:"):
+                    print(f"[{suite}] {line}", file=sys.stderr)
             rows += [
                 {**r, "name": f"{suite}: {r['name']}", "suite": suite}
                 for r in json.loads(out.read_text())

@@ -15,7 +15,11 @@ import numpy as np  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, IterableDataset  # noqa: E402
 
 from rampup import RampupBatches, StreamBatcher, constant, piecewise  # noqa: E402
-from rampup.adapters.torch import RampupIterableDataset, as_tensors  # noqa: E402
+from rampup.adapters.torch import (  # noqa: E402
+    RampupBatchSampler,
+    RampupIterableDataset,
+    as_tensors,
+)
 
 # Sizes 2 (steps 0-4), 5 (steps 5-6), 3 (from step 7): boundaries 5 and 7 are
 # multiples of none of W = 2, 3. With 13 items and 3 epochs (39 positions) the
@@ -416,3 +420,48 @@ def test_defaultdict_and_dataclass_elements_keep_their_type_as_tensors():
     second = next(it)
     assert type(second) is Item and isinstance(second.x, torch.Tensor)
     assert second.x.tolist() == [[2, 2], [3, 3]] and second.y.tolist() == [2, 3]
+
+
+def test_batch_sampler_lists_follow_the_schedule_across_epoch_borders():
+    # The oracle: positions 0..38 cut by the hand-written sizes, position p is item p % 13.
+    positions = iter(range(3 * N))
+    expected = [[next(positions) % N for _ in range(size)] for size in SIZES]
+    sampler = RampupBatchSampler(N, SCHEDULE, num_epochs=3)
+    assert list(sampler) == expected
+    assert len(sampler) == len(SIZES)
+    assert all(type(i) is int for i in expected[0])
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_batch_sampler_lists_are_the_core_batches_of_the_indices(process_index):
+    even = piecewise({0: 2, 5: 6, 7: 4})
+    options = dict(num_epochs=3, drop_remainder=True, process_index=process_index, process_count=2)
+    sampler = RampupBatchSampler(N, even, shuffle=True, seed=7, **options)
+    core = RampupBatches(np.arange(N), even, shuffle_seed=7, **options)
+    assert list(sampler) == [batch.tolist() for batch in core]
+
+
+def test_batch_sampler_state_dict_resumes_mid_iteration_and_set_step_seeks():
+    sampler = RampupBatchSampler(N, SCHEDULE, shuffle=True, seed=7, num_epochs=3)
+    it = iter(sampler)
+    for _ in range(4):
+        next(it)
+    state = json.loads(json.dumps(sampler.state_dict()))
+    rest = list(it)
+    again = RampupBatchSampler(N, SCHEDULE, shuffle=True, seed=7, num_epochs=3)
+    again.load_state_dict(state)
+    assert state["step"] == 4 and again.step == 4 and list(again) == rest
+    seeked = RampupBatchSampler(N, SCHEDULE, shuffle=True, seed=7, num_epochs=3)
+    seeked.set_step(4)
+    assert list(seeked) == rest and len(seeked) == len(rest)
+
+
+def test_batch_sampler_through_a_dataloader_gives_the_iterable_datasets_batches():
+    sampler = RampupBatchSampler(N, SCHEDULE, shuffle=True, seed=7, num_epochs=3)
+    got = list(DataLoader(DictDataset(), batch_sampler=sampler))
+    ds = RampupIterableDataset(DictDataset(), SCHEDULE, shuffle=True, seed=7, num_epochs=3)
+    expected = list(ds)
+    assert len(got) == len(expected)
+    for k, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert torch.equal(g["x"], e["x"]), k
+        assert all(torch.equal(a, b) for a, b in zip(g["meta"], e["meta"], strict=True)), k
