@@ -40,7 +40,7 @@ from rampup.batching import (
     read_state,
 )
 from rampup.collate import default_collate, mapping_like
-from rampup.plan import Plan, microbatch_count
+from rampup.plan import Plan, WorkerStride, microbatch_count
 from rampup.protocol import ScheduledIterator
 from rampup.scaling import resolve
 from rampup.schedules import Schedule, check_count, check_flag
@@ -596,39 +596,20 @@ def _index_list(indices: list[int]) -> list[int]:
     return indices
 
 
-class _IndexLists(ScheduledIterator):
+class _IndexLists(BatchIterator):
     """A `RampupBatchSampler` iteration: this process's source indices of each step, as a list.
 
-    It asks the core for each step's positions (`RampupBatches.window`) and
-    their indices (`RampupBatches.indices`) and nothing else: the fetch,
-    collate and tensor layers of a batch iterator, which a list of indices
-    does not need, cost about a third of the sampler's time per list.
+    Each step's positions and their indices come from the core; a batch
+    iterator's fetch and collate, which a list of indices does not need, would
+    cost about a third of the sampler's time per list.
     """
-
-    def __init__(self, batches: RampupBatches, step: int, shift: int) -> None:
-        self.batches = batches
-        self.describe(batches)
-        self._step, self._shift = step, shift
-
-    @property
-    def step(self) -> int:
-        """The step of the next list."""
-        return self._step
 
     def __next__(self) -> list[int]:
         window = self.batches.window(self._step, self._shift)
         if window is None:
             raise StopIteration
         self._step += 1
-        return self.batches.indices(*window).tolist()
-
-    def get_state(self) -> dict[str, Any]:
-        """The core state of the next list; JSON-serializable."""
-        return make_state(self.plan, self._step, self._shift)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continues from a state written by `get_state()`."""
-        self._step, self._shift = self.batches.read_state(state)
+        return self.batches.index_list(*window)
 
 
 class RampupBatchSampler(Sampler[list[int]]):
@@ -726,7 +707,8 @@ class RampupBatchSampler(Sampler[list[int]]):
         )
 
     def __iter__(self) -> Iterator[list[int]]:
-        self._latest = _IndexLists(self.batches, *self._start)
+        step, shift = self._start
+        self._latest = _IndexLists(self.batches, WorkerStride(step), shift)
         return self._latest
 
     def __len__(self) -> int:

@@ -244,6 +244,18 @@ class RampupBatches:
             return within
         return permute(within, self.length, self.shuffle_seed, positions // self.length)
 
+    def index_list(self, start: int, stop: int) -> list[int]:
+        """The source indices of stream positions `[start, stop)` as a list (a batch sampler's).
+
+        Without a shuffle, positions inside one epoch are a run of consecutive indices.
+        """
+        if self.shuffle_seed is None:
+            epoch = start // self.length if self.wrap else 0
+            if not self.wrap or (stop - 1) // self.length == epoch:
+                first = start - epoch * self.length
+                return list(range(first, first + stop - start))
+        return self.indices(start, stop).tolist()
+
     def fetch(self, start: int, stop: int) -> Any:
         """The batch of stream positions `[start, stop)`.
 

@@ -239,8 +239,13 @@ class Plan:
 
     def bounds(self, step: int) -> tuple[int, int]:
         """The stream positions `[start, stop)` of the global batch at `step`."""
-        start = self.offset(step)
-        return start, start + self.size(step)
+        step = check_count(step, "step")
+        if not self.schedule.segmented:
+            self._grow_to_step(step)
+        self._sync(step)
+        i = bisect.bisect_right(self._starts, step) - 1
+        start = self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
+        return start, start + self._sizes[i]
 
     def step_at(self, position: int) -> int:
         """The step whose global batch holds stream position `position`."""
@@ -294,9 +299,10 @@ class Plan:
           short and dropped). Every process holds an equal share of a last
           partial batch, so a remainder `process_count` does not divide raises.
         """
+        process_index, process_count = _process(process_index, process_count)
+        global_start, global_stop = self.bounds(step)
+        global_start, global_stop = global_start + shift, global_stop + shift
         if end is not None:
-            global_start, global_stop = self.bounds(step)
-            global_start, global_stop = global_start + shift, global_stop + shift
             if global_start >= end or (drop_remainder and global_stop > end):
                 return None
             if global_stop > end:
@@ -316,8 +322,9 @@ class Plan:
                     global_start + process_index * share,
                     global_start + (process_index + 1) * share,
                 )
-        start, stop = self.local_bounds(step, process_index, process_count)
-        return start + shift, stop + shift
+        share = _share(global_stop - global_start, step, process_count)
+        start = global_start + process_index * share
+        return start, start + share
 
     def last_batch(
         self, end: int, drop_remainder: bool = False, shift: int = 0

@@ -55,6 +55,8 @@ def nearest_multiples(size: int, multiple: int) -> tuple[int, ...]:
 
 def check_count(value: Any, what: str, minimum: int = 0) -> int:
     """Returns `value` as an int >= `minimum` (a step, a sample count, a seed)."""
+    if type(value) is int and value >= minimum:  # the common case, on every batch
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an int >= {minimum}, got {value!r}")
     if value < minimum:

@@ -294,3 +294,15 @@ def test_hugging_face_dataset_is_read_through_getitems():
     rows = RampupBatches(np.arange(20), SCHEDULE, shuffle_seed=1)[5]
     np.testing.assert_array_equal(batch["x"], rows)
     np.testing.assert_array_equal(batch["y"], rows * 10)
+
+
+@pytest.mark.parametrize(("shuffle_seed", "wrap"), [(None, True), (4, True), (None, False)])
+def test_index_list_is_the_indices_as_a_list_across_epoch_borders(shuffle_seed, wrap):
+    batches = RampupBatches(np.arange(7), constant(3), shuffle_seed=shuffle_seed, wrap=wrap)
+    for start in range(0, 30):
+        for stop in range(start + 1, start + 12):
+            expected = [p % 7 for p in range(start, stop)] if wrap else list(range(start, stop))
+            got = batches.index_list(start, stop)
+            assert got == batches.indices(start, stop).tolist()
+            if shuffle_seed is None:
+                assert got == expected
