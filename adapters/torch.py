@@ -274,6 +274,53 @@ class RampupIterator(ScheduledIterator):
     load_state_dict = set_state
 
 
+class _Restartable:
+    """Where the next iteration starts, and the progress of the latest one run in this process.
+
+    `set_step` / `set_state` apply to the next iteration started; `get_state()` is
+    the latest iteration's progress (what torchdata's wrappers save), or the next
+    start when none ran since. `state_dict` and `load_state_dict` are the torch names.
+    """
+
+    plan: Plan
+    _start: tuple[int, int] = (0, 0)  # (step, shift) of the next iteration
+    _latest: ScheduledIterator | None = None
+
+    @property
+    def step(self) -> int:
+        """The step the next iteration starts at."""
+        return self._start[0]
+
+    def set_step(self, step: int) -> None:
+        """Makes the next iteration start at global batch `step` (the training loop's step)."""
+        self.set_state(make_state(self.plan, check_count(step, "step")))
+
+    def get_state(self) -> dict[str, Any]:
+        """The core state of the latest iteration's next batch, or of the next start; JSON-able."""
+        if self._latest is not None:
+            return self._latest.get_state()
+        return make_state(self.plan, *self._start)
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Makes the next iteration start where `state` (from `get_state()`) says.
+
+        Raises:
+          ValueError: the state is not a rampup state, or was written under another schedule.
+        """
+        self._start, self._latest = self._read_state(state), None
+
+    def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """`get_state()`, by its torch name."""
+        return self.get_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """`set_state(state)`, by its torch name."""
+        self.set_state(state)
+
+
 class _Refused(Iterator[Any]):
     """An iteration that raises its error at the first `next()`."""
 
@@ -284,7 +331,7 @@ class _Refused(Iterator[Any]):
         raise self.error
 
 
-class RampupIterableDataset(IterableDataset):
+class RampupIterableDataset(_Restartable, IterableDataset):
     """Batches of a growing size for `DataLoader(ds, batch_size=None, num_workers=W)`.
 
     Each item is one global batch's slice for this rank, as tensors. Any `W`
@@ -355,8 +402,6 @@ class RampupIterableDataset(IterableDataset):
         self.collate = check_collate(collate)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.on_schedule_change = check_policy(on_schedule_change)
-        self._start = (0, 0)  # (step, shift) of the next iteration
-        self._latest: RampupIterator | None = None  # the iteration run in this process
         # How often the main process moved the start: a persistent worker compares.
         self._moves = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._moves_seen = 0
@@ -419,55 +464,29 @@ class RampupIterableDataset(IterableDataset):
             full_steps -= 1
         return self.plan.check_microbatches(microbatch_size, self.world_size, full_steps)
 
-    @property
-    def step(self) -> int:
-        """The step the next iteration starts at."""
-        return self._start[0]
-
-    def set_step(self, step: int) -> None:
-        """Makes the next iteration start at global batch `step` (the training loop's step).
-
-        The torch-side name of `set_state` with the state of step `step`.
-
-        Raises:
-          TypeError: the source can only be iterated, and a stream cannot seek.
-        """
-        step = check_count(step, "step")
-        self.set_state(make_state(self.plan, step))
-
-    def get_state(self) -> dict[str, Any]:
-        """The core state of the next batch of the latest iteration run in this process.
-
-        That is its progress (torchdata's `IterableWrapper` saves it), or the
-        start of the next iteration when none ran here since the last
-        `set_step` / `set_state`. With DataLoader workers the progress lives in
-        the workers' copies, which torchdata's `StatefulDataLoader` saves; this
-        process's copy then knows the start only. JSON-serializable.
-        """
-        if self._latest is not None:
-            return self._latest.get_state()
-        return make_state(self.plan, *self._start)
+    def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
+        if self.batches is not None:
+            return self.batches.read_state(state)
+        step, shift = read_state(state, self.plan, self.on_schedule_change)
+        if step or shift:
+            self._refuse_seek(step)
+        return step, shift
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Makes the next iteration start where `state` (from `get_state()`) says.
+
+        With DataLoader workers the progress of an iteration lives in the
+        workers' copies, which torchdata's `StatefulDataLoader` saves; this
+        process's `get_state()` then knows the start only.
 
         Raises:
           ValueError: the state is not a rampup state, or was written under another schedule.
           TypeError: the source can only be iterated and the state is not at step 0.
         """
-        if self.batches is not None:
-            step, shift = self.batches.read_state(state)
-        else:
-            step, shift = read_state(state, self.plan, self.on_schedule_change)
-            if step or shift:
-                self._refuse_seek(step)
-        self._start, self._latest = (step, shift), None
+        super().set_state(state)
         if get_worker_info() is None:
             self._moves += 1
         self._moves_seen = int(self._moves)
-
-    state_dict = get_state
-    load_state_dict = set_state
 
     def _refuse_seek(self, step: int) -> None:
         raise TypeError(
@@ -612,7 +631,7 @@ class _IndexLists(BatchIterator):
         return self.batches.index_list(*window)
 
 
-class RampupBatchSampler(Sampler[list[int]]):
+class RampupBatchSampler(_Restartable, Sampler[list[int]]):
     """This process's index lists of a growing batch size, for `DataLoader(ds, batch_sampler=...)`.
 
     Per step it yields this process's list of indices into a map-style dataset
@@ -676,13 +695,6 @@ class RampupBatchSampler(Sampler[list[int]]):
         self.plan = self.batches.plan
         self.process_index = self.batches.process_index
         self.process_count = self.batches.process_count
-        self._start = (0, 0)  # (step, shift) of the next iteration
-        self._latest: _IndexLists | None = None
-
-    @property
-    def step(self) -> int:
-        """The step the next iteration starts at."""
-        return self._start[0]
 
     @property
     def batch_size(self) -> NoReturn:
@@ -715,26 +727,8 @@ class RampupBatchSampler(Sampler[list[int]]):
         """How many lists an iteration from the current start step yields (finite only)."""
         return _steps_left(self.batches, *self._start, "RampupBatchSampler")
 
-    def set_step(self, step: int) -> None:
-        """Makes the next iteration start at global batch `step` (the training loop's step)."""
-        self.set_state(make_state(self.plan, check_count(step, "step")))
-
-    def get_state(self) -> dict[str, Any]:
-        """The core state of the next list of the latest iteration, or of the next start."""
-        if self._latest is not None:
-            return self._latest.get_state()
-        return make_state(self.plan, *self._start)
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Makes the next iteration start where `state` (from `get_state()`) says.
-
-        Raises:
-          ValueError: the state is not a rampup state, or was written under another schedule.
-        """
-        self._start, self._latest = self.batches.read_state(state), None
-
-    state_dict = get_state
-    load_state_dict = set_state
+    def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
+        return self.batches.read_state(state)
 
     def __repr__(self) -> str:
         return (
