@@ -274,3 +274,12 @@ def test_tensor_collate_stacks_tensors_and_number_rows():
         tensor_collate([torch.zeros(3), torch.zeros(4)])
     # A list of mixed kinds stays a structure, as the core collates it.
     assert len(tensor_collate([[1, 2.0], [3, 4.0]])) == 2
+
+
+def test_stream_batcher_over_a_torchdata_loader_refuses_its_state_when_written():
+    nodes = pytest.importorskip("torchdata.nodes")
+    loader = nodes.Loader(nodes.IterableWrapper([np.array(i) for i in range(40)]))
+    stream = rampup.StreamBatcher(iter(loader), SCHEDULE)
+    assert next(stream).tolist() == [0, 1]
+    with pytest.raises(TypeError, match="LoaderIterator.*has no set_state"):
+        stream.get_state()
