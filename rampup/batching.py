@@ -202,23 +202,40 @@ class RampupBatches:
             raise TypeError("endless RampupBatches (num_epochs=None) has no len()")
         return self.plan.num_batches(self.end, self.drop_remainder)
 
-    def check_end(self, shift: int = 0) -> None:
+    def check_end(self, shift: int = 0, start: int | None = None) -> None:
         """Checks, up front, that every batch this process will build splits evenly.
 
-        Every full batch up to the end of the data, and the last partial one,
-        whose size depends on `shift` (a restore that kept its data position).
+        Every full batch from `start` up to the end of the data, and the last
+        partial one, whose size depends on `shift` (a restore that kept its data
+        position). With `start=None` (a pipeline built before its start is known)
+        some step must be legal: the last batch must split.
         """
         last = (
             None if self.end is None else self.plan.last_batch(self.end, self.drop_remainder, shift)
         )
         if last is None:
             self.plan.check_processes(
-                self.process_index, self.process_count, None if self.end is None else 0
+                self.process_index,
+                self.process_count,
+                None if self.end is None else 0,
+                start=start,
             )
             return
         step, _ = last
-        self.plan.check_processes(self.process_index, self.process_count, step)
+        self.plan.check_processes(self.process_index, self.process_count, step, start=start)
         self.window(step, shift)
+
+    def check_start(self, step: int, shift: int = 0) -> None:
+        """Checks that an iteration from `step` builds only sizes this process layout splits.
+
+        Earlier sizes do not matter: a run that grew onto more processes resumes
+        after its last size they cannot split.
+
+        Raises:
+          ValueError: a size from `step` on does not split, naming the first step
+            from which this layout is legal.
+        """
+        self.check_end(shift, check_count(step, "step"))
 
     def window(self, step: int, shift: int = 0) -> tuple[int, int] | None:
         """This process's stream positions `[start, stop)` at `step`, None past the end.
@@ -348,14 +365,16 @@ class RampupBatches:
         shift = 0
         if isinstance(start, dict):
             start, shift = self.read_state(start)
+        else:
+            self.check_start(start)
         stride = WorkerStride.checked(start, worker_index, worker_count)
         return BatchIterator(self, stride, shift)
 
     def read_state(self, state: dict[str, Any]) -> tuple[int, int]:
-        """The `(step, shift)` of a state, checked against this schedule and the data's end."""
+        """The `(step, shift)` of a state, checked against this schedule, this process
+        layout from the state's step on, and the data's end."""
         step, shift = read_state(state, self.plan, self.on_schedule_change)
-        if shift:
-            self.check_end(shift)
+        self.check_start(step, shift)
         return step, shift
 
     def __iter__(self) -> BatchIterator:
@@ -443,13 +462,15 @@ class StreamBatcher(ScheduledIterator):
         self.plan = as_plan(schedule)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.collate = check_collate(collate) or default_collate
+        # Some step must be legal now; the steps it runs are checked where it starts.
         self.process_index, self.process_count = self.plan.check_processes(
-            process_index, process_count
+            process_index, process_count, start=None
         )
         self.on_schedule_change = check_policy(on_schedule_change)
         self._step = 0
         self._shift = 0
         self._pending: list[Any] = []
+        self._started = False
 
     @property
     def step(self) -> int:
@@ -457,6 +478,9 @@ class StreamBatcher(ScheduledIterator):
         return self._step
 
     def __next__(self) -> Any:
+        if not self._started:
+            self.plan.check_processes(self.process_index, self.process_count, start=self._step)
+            self._started = True
         start, stop = self.plan.local_bounds(self._step, self.process_index, self.process_count)
         wanted = stop - start
         self._pending.extend(itertools.islice(self.parent, wanted - len(self._pending)))
@@ -496,6 +520,8 @@ class StreamBatcher(ScheduledIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores the step, the position and the parent iterator's state."""
         step, shift = read_state(state, self.plan, self.on_schedule_change, (PARENT_KEY,))
+        self.plan.check_processes(self.process_index, self.process_count, start=step)
         self._parent_method("set_state")(state[PARENT_KEY])
         self._step, self._shift = step, shift
         self._pending = []
+        self._started = True

@@ -342,23 +342,35 @@ class Plan:
         return step, min(self.size(step), end - begin)
 
     def check_processes(
-        self, process_index: int, process_count: int, until_step: int | None = None
+        self,
+        process_index: int,
+        process_count: int,
+        until_step: int | None = None,
+        *,
+        start: int | None = 0,
     ) -> tuple[int, int]:
-        """Checks a process slice up front: valid index and count, every size divisible.
+        """Checks a process slice up front: valid index and count, every size it runs divisible.
 
-        Raises the `local_bounds` error for the first segment in steps
-        `[0, until_step)` (every segment if None) whose size `process_count`
+        Raises the `check_layout` error for the sizes in steps `[start,
+        until_step)` (every step from `start` on if None) that `process_count`
         processes cannot split, so a bad configuration fails at start-up. A
         `from_fn` schedule without `until_step` has no known end: its sizes are
         checked as each step is built.
+
+        Args:
+          process_index: this process's index among `process_count`.
+          process_count: how many processes split every global batch.
+          until_step: check the steps before it only (data that ends); None: all.
+          start: the step the pipeline starts or resumes at; None when it is not
+            known yet (a pipeline built before a state is restored into it).
 
         Returns:
           `(process_index, process_count)` as ints.
         """
         process_index, process_count = _process(process_index, process_count)
-        if until_step is not None or self.schedule.segmented:
-            for segment in self.segments(until_step):
-                _share(segment.size, segment.first_step, process_count)
+        self.check_layout(
+            process_count, f"process_count={process_count}", start=start, until_step=until_step
+        )
         return process_index, process_count
 
     def microbatches(self, step: int, microbatch_size: int, process_count: int = 1) -> int:
@@ -374,26 +386,141 @@ class Plan:
         return microbatch_count(self.size(step), f"at step {step}", microbatch_size, process_count)
 
     def check_microbatches(
-        self, microbatch_size: int, process_count: int = 1, until_step: int | None = None
+        self,
+        microbatch_size: int,
+        process_count: int = 1,
+        until_step: int | None = None,
+        *,
+        start: int | None = 0,
     ) -> int:
-        """Checks up front that every size in `[0, until_step)` splits into micro-batches.
+        """Checks up front that every size run from `start` splits into micro-batches.
 
-        Every segment's size must be a multiple of `microbatch_size * process_count`
-        (each process takes `B / process_count` rows, in micro-batches of
-        `microbatch_size`). A `from_fn` schedule without `until_step` is checked
-        as each step is built.
+        Every size in `[start, until_step)` must be a multiple of `microbatch_size *
+        process_count` (each process takes `B / process_count` rows, in micro-batches
+        of `microbatch_size`). `start` and `until_step` are as in `check_processes`;
+        a `from_fn` schedule without `until_step` is checked as each step is built.
 
         Returns:
           `microbatch_size` as an int.
         """
         microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
         process_count = check_count(process_count, "process_count", 1)
-        if until_step is not None or self.schedule.segmented:
-            for segment in self.segments(until_step):
-                microbatch_count(
-                    segment.size, f"at step {segment.first_step}", microbatch_size, process_count
-                )
+        what = f"microbatch_size={microbatch_size}"
+        if process_count > 1:
+            what += f" x process_count={process_count}"
+        self.check_layout(microbatch_size * process_count, what, start=start, until_step=until_step)
         return microbatch_size
+
+    def divisible_from(self, divisor: int, *, until_step: int | None = None) -> int | None:
+        """The first step from which every size is a multiple of `divisor`; None if never.
+
+        A layout that splits every batch `divisor` ways (processes, a data axis,
+        micro-batches) can start or resume at this step or later: earlier sizes
+        may be smaller than a topology the run grew into.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> plan = Plan(piecewise({0: 4, 10: 16, 20: 32}))
+          >>> plan.divisible_from(4), plan.divisible_from(8), plan.divisible_from(32)
+          (0, 10, 20)
+          >>> print(plan.divisible_from(64))
+          None
+
+        Args:
+          divisor: what every size must be a multiple of, an int >= 1.
+          until_step: look at the steps before it only, e.g. where the data ends
+            (then the answer is at most `until_step`). Default: every step; a
+            `from_fn` schedule's steps before its `max_step`.
+
+        Returns:
+          The step, or None when the sizes never stay multiples of `divisor`.
+
+        Raises:
+          ValueError: the schedule is decided online (`AdaptiveSchedule`) and its
+            `multiple_of` does not settle it: sizes not decided yet may not divide.
+        """
+        divisor = check_count(divisor, "divisor", 1)
+        if self.schedule.rules.multiple_of % divisor == 0:
+            return 0
+        if until_step is None and self.schedule.decided_until is not None:
+            raise ValueError(
+                f"divisible_from({divisor}): {self.schedule} is decided online, so the sizes "
+                f"after step {self.schedule.decided_until - 1} are not known yet and may not be "
+                f"multiples of {divisor}. Build it with multiple_of={divisor} (then every size "
+                "is), or pass until_step=... to look at the decided steps only"
+            )
+        if until_step is None and not self.schedule.segmented:
+            max_step = cast(int, self.schedule.max_step)  # a from_fn schedule has one
+            first = self._first_divisible(divisor, max_step)
+            return None if first == max_step else first
+        return self._first_divisible(divisor, until_step)
+
+    def _first_divisible(self, divisor: int, until_step: int | None) -> int | None:
+        """`divisible_from` over `segments(until_step)` (an online schedule's decided ones)."""
+        first: int | None = 0
+        for segment in self.segments(until_step):
+            if segment.size % divisor:
+                first = None if segment.last_step is None else segment.last_step + 1
+        return first
+
+    def check_layout(
+        self,
+        divisor: int,
+        what: str,
+        *,
+        start: int | None = 0,
+        until_step: int | None = None,
+    ) -> None:
+        """Checks that a layout splits every size it will run, from the step it starts at.
+
+        Args:
+          divisor: what every size must be a multiple of.
+          what: the divisor in words, e.g. "process_count=8".
+          start: the step the pipeline starts or resumes at; None when it is not
+            known yet: then some step must be legal (the last segment's size, or the
+            last step's before `until_step`, must divide).
+          until_step: check the steps before it only; None: every step (a `from_fn`
+            schedule's are then checked as each step is built).
+
+        Raises:
+          ValueError: the `not_divisible` error of the first size from `start` on
+            that does not divide, naming the first step from which the layout is legal.
+        """
+        if until_step is None and not self.schedule.segmented:
+            return
+        if start is not None and until_step is not None and start >= until_step:
+            return
+        first = self._first_divisible(divisor, until_step)
+        if first is not None and (start is None or start >= first):
+            return
+        if start is None:  # no step is legal: the last segment cannot split
+            bad = self.segments(until_step)[-1]
+            raise not_divisible(
+                bad.size,
+                divisor,
+                f"at step {bad.first_step}",
+                what,
+                f"no step from {bad.first_step} on is legal for this layout; build the schedule "
+                f"with multiple_of={divisor}, or use a layout that divides {bad.size}",
+            )
+        bad = next(
+            s
+            for s in self.segments(until_step)
+            if s.size % divisor and (s.last_step is None or s.last_step >= start)
+        )
+        step = max(start, bad.first_step)
+        if first is None:
+            fix = (
+                f"no step from {step} on is legal for this layout; build the schedule with "
+                f"multiple_of={divisor}, or use a layout that divides every size"
+            )
+        else:
+            fix = (
+                f"the pipeline starts at step {start}, but this layout is legal from step "
+                f"{first} on (Plan.divisible_from({divisor})): start or resume at step {first} "
+                "or later, or use a layout that divides the earlier sizes"
+            )
+        raise not_divisible(bad.size, divisor, f"at step {step}", what, fix)
 
     def num_batches(self, positions: int, drop_remainder: bool = False) -> int:
         """How many batches a finite stream of `positions` samples gives.

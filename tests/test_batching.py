@@ -63,8 +63,11 @@ def test_process_slices_concatenate_to_the_global_batch():
 
 
 def test_process_count_that_does_not_divide_names_the_step():
-    with pytest.raises(ValueError, match="batch size 2 at step 0 .* process_count=4"):
-        RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
+    batches = RampupBatches(np.arange(50), SCHEDULE, process_index=0, process_count=4)
+    with pytest.raises(
+        ValueError, match=r"batch size 2 at step 0 .* process_count=4.*legal from step 3 on"
+    ):
+        iter(batches)
     # No known end: checked as steps are built.
     sizes = from_fn(lambda k: 4 if k < 3 else 6, name="4-then-6")
     b = RampupBatches(np.arange(50), sizes, process_index=0, process_count=4)
@@ -233,16 +236,22 @@ def test_stream_batcher_says_why_a_plain_iterator_cannot_be_checkpointed():
         s.get_state()
 
 
-def test_a_size_the_processes_cannot_split_fails_at_construction():
+def test_a_size_the_processes_cannot_split_fails_where_the_pipeline_starts():
     schedule = piecewise({0: 8, 10: 12, 20: 16})
-    with pytest.raises(
-        ValueError,
-        match=r"batch size 12 at step 10 is not divisible by "
-        r"process_count=8.*nearest valid sizes: 8, 16",
-    ):
-        RampupBatches(np.arange(1000), schedule, process_index=0, process_count=8)
-    with pytest.raises(ValueError, match="batch size 12 at step 10"):
-        StreamBatcher(iter(range(1000)), schedule, process_index=0, process_count=8)
+    batches = RampupBatches(np.arange(1000), schedule, process_index=0, process_count=8)
+    stream = StreamBatcher(iter(range(1000)), schedule, process_index=0, process_count=8)
+    for start in (lambda: batches.iter_from(0), lambda: next(stream)):
+        with pytest.raises(
+            ValueError,
+            match=r"batch size 12 at step 10 is not divisible by "
+            r"process_count=8.*nearest valid sizes: 8, 16.*legal from step 20 on",
+        ):
+            start()
+    assert batches.iter_from(20).step == 20
+    # No step is legal: refused when built.
+    for build in (RampupBatches, StreamBatcher):
+        with pytest.raises(ValueError, match="batch size 12 at step 10 .* no step from 10 on"):
+            build(range(1000), piecewise({0: 8, 10: 12}), process_index=0, process_count=8)
     # Data that ends before step 10 never meets the size 12.
     short = RampupBatches(np.arange(80), schedule, num_epochs=1, process_index=1, process_count=8)
     assert [b.tolist() for b in short][:2] == [[1], [9]]
