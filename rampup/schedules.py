@@ -8,7 +8,9 @@ A `Schedule` is immutable and compares and hashes by value. Every builder but
 from __future__ import annotations
 
 import bisect
+import decimal
 import hashlib
+import itertools
 import json
 import math
 import numbers
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 UNITS = ("steps", "samples", "tokens")
-TYPES = ("constant", "stepwise", "piecewise", "linear")
+TYPES = ("constant", "stepwise", "piecewise", "linear", "megatron")
 
 _INT_LIKE = re.compile(r"^\s*\d+\s*$")
 
@@ -497,6 +499,132 @@ def linear(start: int, increment: int, rampup_samples: int, final: int, **option
     return _build("linear", thresholds, params, unit="samples", **options)
 
 
+MEGATRON_SUFFIXES = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+"""The suffixes of Megatron-LM's schedule numbers, upper or lower case."""
+
+MEGATRON_MAX_DIGITS = 30
+"""A number in a Megatron-LM schedule is below 10^(MEGATRON_MAX_DIGITS + 1)."""
+
+
+def _megatron_number(text: str, what: str, entry: str) -> int:
+    """A Megatron-LM schedule number (`250B`, `2.4B`, `768`) as an exact int >= 0."""
+    body, scale = text, 1
+    if body[-1:].upper() in MEGATRON_SUFFIXES:
+        body, scale = body[:-1], MEGATRON_SUFFIXES[body[-1].upper()]
+    try:
+        value = decimal.Decimal(body)
+    except decimal.InvalidOperation:
+        value = decimal.Decimal("NaN")
+    if value.is_finite() and value.adjusted() <= MEGATRON_MAX_DIGITS:
+        with decimal.localcontext(prec=2 * MEGATRON_MAX_DIGITS):  # exact, unlike a float
+            value *= scale
+    if (
+        not value.is_finite()
+        or value < 0
+        or value.adjusted() > MEGATRON_MAX_DIGITS
+        or value != value.to_integral_value()
+    ):
+        raise ValueError(
+            f"from_megatron: {what} {text!r} in entry {entry!r} is not a whole number >= 0; "
+            "numbers are integers or decimals with an optional K, M, B or T suffix "
+            f"(10^3, 10^6, 10^9, 10^12) that make a whole number below "
+            f"10^{MEGATRON_MAX_DIGITS + 1}, e.g. 768, 250B, 2.4B"
+        )
+    return int(value)
+
+
+def _megatron_text(value: int) -> str:
+    """`value` with the largest suffix that keeps it whole: 250000000000 -> '250B'."""
+    for suffix, scale in reversed(MEGATRON_SUFFIXES.items()):
+        if value >= scale and value % scale == 0:
+            return f"{value // scale}{suffix}"
+    return str(value)
+
+
+def from_megatron(schedule: str, *, seq_length: int | None = None, **options: Any) -> Schedule:
+    """Megatron-LM's `--step-batch-size-schedule`, as its users write it.
+
+    Examples:
+      >>> s = from_megatron("0:16 100:32, 1K:64")
+      >>> [s(k) for k in (0, 6, 7, 34, 35)]
+      [16, 16, 32, 32, 64]
+
+    Args:
+      schedule: `"THRESHOLD:BATCH_SIZE"` pairs separated by spaces or commas,
+        e.g. `"0:768 250B:1536 500B:3072"`. A number may carry a K, M, B or T
+        suffix (upper or lower case: 10^3, 10^6, 10^9, 10^12) and decimals
+        (`2.4B`), and must come out whole. The batch size at step `k` is the size
+        of the last entry whose threshold is at most the samples consumed before
+        step `k`. Entries are sorted by threshold, as Megatron-LM sorts them;
+        the first threshold must be 0, no two equal, every size >= 1.
+      seq_length: the thresholds are tokens, converted to samples as
+        Megatron-LM does: `threshold // seq_length`. None: they are samples.
+      **options: `multiple_of`, `min_size`, `max_size`.
+
+    Returns:
+      The schedule, with sample thresholds.
+    """
+    if not isinstance(schedule, str):
+        raise TypeError(
+            f"from_megatron: the schedule is Megatron-LM's --step-batch-size-schedule "
+            f"string, e.g. '0:768 250B:1536', got {schedule!r}"
+        )
+    if seq_length is not None:
+        seq_length = check_count(seq_length, "from_megatron seq_length", 1)
+    entries = schedule.replace(",", " ").split()
+    if not entries:
+        raise ValueError(
+            "from_megatron: the schedule is empty; give THRESHOLD:BATCH_SIZE pairs, "
+            "e.g. '0:768 250B:1536'"
+        )
+    given = []
+    for entry in entries:
+        threshold, colon, size = entry.partition(":")
+        if not colon or not threshold or not size:
+            raise ValueError(
+                f"from_megatron: entry {entry!r} is not THRESHOLD:BATCH_SIZE, e.g. '250B:1536'"
+            )
+        batch = _megatron_number(size, "batch size", entry)
+        if batch < 1:
+            raise ValueError(
+                f"from_megatron: batch size {size!r} in entry {entry!r} is not valid; "
+                "batch sizes must be >= 1"
+            )
+        given.append((_megatron_number(threshold, "threshold", entry), batch))
+    given.sort(key=lambda pair: pair[0])
+    div = seq_length or 1
+
+    def samples(threshold: int) -> str:
+        if seq_length is None:
+            return f"{threshold:,} samples"
+        return f"{threshold:,} tokens // seq_length={seq_length} = {threshold // div:,} samples"
+
+    if given[0][0] // div != 0:
+        raise ValueError(
+            f"from_megatron: the first threshold is {samples(given[0][0])}; it must be 0 "
+            "(the size from the start), e.g. '0:768 250B:1536'"
+        )
+    for (low, _), (high, _) in itertools.pairwise(given):
+        if low // div == high // div:
+            raise ValueError(
+                f"from_megatron: two thresholds are the same: {samples(low)} and "
+                f"{samples(high)}; thresholds must be strictly increasing"
+            )
+    unit_option = options.pop("unit", "samples")
+    if unit_option != "samples" or "tokens_per_sample" in options:
+        raise ValueError(
+            f"from_megatron: the thresholds are samples, or tokens with seq_length; "
+            f"unit={unit_option!r} and tokens_per_sample are not options of from_megatron"
+        )
+    params: dict[str, Any] = {
+        "schedule": " ".join(f"{_megatron_text(t)}:{b}" for t, b in given),
+    }
+    if seq_length is not None:
+        params["seq_length"] = seq_length
+    thresholds = [(t // div, b) for t, b in given]
+    return _build("megatron", thresholds, params, unit="samples", **options)
+
+
 def from_fn(
     fn: Callable[[int], int],
     *,
@@ -561,8 +689,9 @@ _PARAMS = {
     "stepwise": ("batch_size", "boundaries_and_scales", "cumulative"),
     "piecewise": ("sizes",),
     "linear": ("start", "increment", "rampup_samples", "final"),
+    "megatron": ("schedule", "seq_length"),
 }
-_OPTIONAL_PARAMS = ("cumulative",)
+_OPTIONAL_PARAMS = ("cumulative", "seq_length")
 _EXAMPLES = {
     "constant": '{"type": "constant", "size": 32}',
     "stepwise": '{"type": "stepwise", "batch_size": 256, '
@@ -570,12 +699,14 @@ _EXAMPLES = {
     "piecewise": '{"type": "piecewise", "sizes": {"0": 16, "1000": 32}}',
     "linear": '{"type": "linear", "start": 32, "increment": 32, "rampup_samples": 100000, '
     '"final": 256}',
+    "megatron": '{"type": "megatron", "schedule": "0:768 250B:1536", "seq_length": 4096}',
 }
 _BUILDERS: dict[str, Callable[..., Schedule]] = {
     "constant": constant,
     "stepwise": stepwise,
     "piecewise": piecewise,
     "linear": linear,
+    "megatron": from_megatron,
 }
 
 
@@ -584,7 +715,8 @@ def from_config(config: Mapping[str, Any]) -> Schedule:
 
     Args:
       config: a dict with "type" one of constant, stepwise, piecewise, linear,
-        that builder's arguments by name, and any of its options.
+        megatron (`from_megatron`), that builder's arguments by name, and any of
+        its options.
 
     Returns:
       The schedule.

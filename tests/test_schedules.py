@@ -150,7 +150,7 @@ def test_config_without_a_type_names_the_valid_types():
     with pytest.raises(
         ValueError,
         match=r"needs a 'type' key, one of constant, stepwise, "
-        r"piecewise, linear; got the keys \['size'\]",
+        r"piecewise, linear, megatron; got the keys \['size'\]",
     ):
         from_config({"size": 32})
     with pytest.raises(ValueError, match=r"schedule type \['constant'\] is not known"):
