@@ -448,6 +448,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             )
         self.describe(batches)
         self._shift = shift
+        self._started = False  # grain builds an iterator, then may restore a state into it
         self._inner = self._iterate(shift)
 
     def _iterate(self, shift: int) -> grain.DatasetIterator:
@@ -463,6 +464,9 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return self._stride.step(self._inner.get_state()["next_index"])
 
     def __next__(self) -> Any:
+        if not self._started:
+            self._ramp.batches.check_start(self.step, self._shift)
+            self._started = True
         return next(self._inner)
 
     def get_state(self) -> dict[str, Any]:
@@ -473,6 +477,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1)."""
         step, shift = self._ramp.batches.read_state(state)
+        self._started = True
         index = self._stride.batches_before(step)
         if shift != self._shift:
             self._inner.close()
@@ -564,6 +569,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
 
     def __next__(self) -> Any:
         if self._workers is None:
+            self._ramp.batches.check_start(self._step, self._shift)  # before any worker starts
             self._workers = self._dataset.workers_from(self._step, self._shift)
         batch = next(self._workers)
         self._step += 1
@@ -728,7 +734,8 @@ class RampupIterDataset(grain.IterDataset):
         super().__init__(parent)
         self._plan = as_plan(schedule)
         self._process_index, self._process_count = process_slice(process_index, process_count)
-        self._plan.check_processes(self._process_index, self._process_count)
+        # Some step must be legal; the iterator checks the steps it runs from where it starts.
+        self._plan.check_processes(self._process_index, self._process_count, start=None)
         self._drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self._collate = _Collate(collate)
         self._on_schedule_change = check_policy(on_schedule_change)

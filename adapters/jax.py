@@ -161,36 +161,58 @@ def check_schedule(
     *,
     until_step: int | None = None,
     microbatch_size: int | None = None,
+    start: int = 0,
 ) -> tuple[int, ...]:
-    """Checks every size of a schedule against the mesh, at start-up.
+    """Checks every size a run from `start` meets against the mesh, at start-up.
 
     Args:
       plan: the schedule or its `Plan`.
       sharding: the batch `NamedSharding`, or a `Mesh` plus `axis`.
       axis: the mesh axis of the batch, with a `Mesh`.
-      until_step: check steps `[0, until_step)`; None checks every segment
-        (a `from_fn` schedule needs it).
+      until_step: check steps `[start, until_step)`; None checks every segment
+        from `start` on (a `from_fn` schedule needs it).
       microbatch_size: the micro-batch size, in micro-batch mode.
+      start: the step the run starts or resumes at: earlier sizes may be smaller
+        than a mesh the run grew into.
 
     Returns:
       The batch sizes a jitted step sees over those steps: the distinct sizes,
       or `(microbatch_size,)` in micro-batch mode.
 
     Raises:
-      ValueError: naming the first segment whose size the data axis (or the
-        micro-batch size) does not divide, the mesh shape and the nearest valid sizes.
+      ValueError: naming the first segment from `start` on whose size the data
+        axis (or the micro-batch size) does not divide, the mesh shape, the
+        nearest valid sizes and the first step from which this mesh is legal.
     """
     plan = as_plan(plan)
     sharding = batch_sharding(sharding, axis)
     microbatch_size = _check_microbatch_size(microbatch_size, sharding)
+    start = check_count(start, "start")
+    divisor = microbatch_size or data_axis_size(sharding)
+    sizes = set()
     for segment in plan.segments(until_step):
+        if segment.last_step is not None and segment.last_step < start:
+            continue
+        sizes.add(segment.size)
+        if segment.size % divisor == 0:
+            continue
         last = "on" if segment.last_step is None else f"to {segment.last_step}"
-        _check_size(
-            segment.size, f"at steps {segment.first_step} {last}", sharding, microbatch_size
+        # An online schedule answers for its decided steps only.
+        until = until_step if until_step is not None else plan.schedule.decided_until
+        first = plan.divisible_from(divisor, until_step=until)
+        fix = (
+            f"no step from {start} on is legal for this mesh; build the schedule with "
+            f"multiple_of={divisor}"
+            if first is None
+            else f"this mesh is legal from step {first} on (Plan.divisible_from({divisor})): "
+            f"start or resume at step {first} or later, or build the schedule with "
+            f"multiple_of={divisor}"
         )
+        where = f"at steps {max(start, segment.first_step)} {last}"
+        _check_size(segment.size, where, sharding, microbatch_size, fix)
     if microbatch_size is not None:
         return (microbatch_size,)
-    return plan.distinct_sizes(until_step)
+    return tuple(sorted(sizes))
 
 
 class _Layout(NamedTuple):
@@ -391,7 +413,11 @@ class DeviceBatches(Iterator[Any]):
         until = None if last is None else last[0]
         if until is not None or source.plan.schedule.segmented:
             check_schedule(
-                source.plan, self.sharding, until_step=until, microbatch_size=self.microbatch_size
+                source.plan,
+                self.sharding,
+                until_step=until,
+                microbatch_size=self.microbatch_size,
+                start=source.step,
             )
         if last is not None:
             _check_size(
@@ -490,6 +516,8 @@ class DeviceBatches(Iterator[Any]):
             raise TypeError(f"the batch source ({type(self.source).__name__}) has no set_state()")
         self._stop_thread()
         set_state(state)
+        if self._scheduled:
+            self._check_source(self.source)
         self._done = False
         self._step = self.source.step if self._scheduled else 0
         self._state = self.source.get_state() if self._with_state else state

@@ -38,7 +38,7 @@ from rampup.collate import spec
 from rampup.plan import Plan
 from rampup.protocol import ScheduledIterator
 from rampup.scaling import resolve
-from rampup.schedules import Schedule, check_count, check_flag, from_config
+from rampup.schedules import Schedule, check_count, check_flag, from_config, piecewise
 
 __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 
@@ -270,6 +270,16 @@ def _replica_split(
     return rows, replica_sizes
 
 
+def _from_step(plan: Plan, start_step: int) -> Plan:
+    """The plan of the steps from `start_step` on, renumbered from 0."""
+    sizes = {
+        max(0, s.first_step - start_step): s.size
+        for s in plan.segments()
+        if s.last_step is None or s.last_step >= start_step
+    }
+    return Plan(piecewise(sizes))
+
+
 def _window_rows(ds: tf.data.Dataset) -> int:
     """The samples one window aims at: about `_WINDOW_BYTES`, from the samples' spec."""
     sample_bytes = 0
@@ -358,6 +368,7 @@ def rampup_batch(
     *,
     drop_remainder: bool = False,
     input_context: tf.distribute.InputContext | None = None,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     """Batches a dataset of single samples by a segmented schedule, inside tf.data.
 
@@ -376,19 +387,29 @@ def rampup_batch(
         samples. Every pipeline reads all of `ds`. A `ds` that may end (not
         `.repeat()`ed) needs `drop_remainder=True`, so that every replica gets a
         full slice; without it a `ValueError` is raised.
+      start_step: the first step to yield; `ds` is read from sample `O(start_step)` on
+        (`ds.skip`). Resuming on another replica count: the sizes before it need
+        not divide by `num_replicas_in_sync`.
 
     Returns:
       The batched dataset; its batch dimension is `None`.
 
     Raises:
-      ValueError: a `from_fn` schedule (use `to_tf_dataset`); a size that does
-        not divide by the replica count; an `input_context` over a dataset that
+      ValueError: a `from_fn` schedule (use `to_tf_dataset`); a size from
+        `start_step` on that does not divide by the replica count (naming the
+        first step from which it is legal); an `input_context` over a dataset that
         may end without `drop_remainder=True`.
     """
     if not isinstance(ds, tf.data.Dataset):
         raise TypeError(f"rampup_batch needs a tf.data.Dataset of samples, got {type(ds).__name__}")
     drop_remainder = check_flag(drop_remainder, "drop_remainder")
     plan = _segmented_plan(schedule)
+    start_step = check_count(start_step, "start_step")
+    if input_context is not None:
+        plan.check_processes(0, input_context.num_replicas_in_sync, start=start_step)
+    if start_step:
+        ds = ds.skip(plan.offset(start_step))
+        plan = _from_step(plan, start_step)
     segments = plan.segments()
     rows, replica_sizes = _replica_split(plan, input_context)
     sliced = any(hi - lo != s.size for (lo, hi), s in zip(rows, segments, strict=True))

@@ -440,16 +440,21 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         self.batches = None
         self.plan = as_plan(schedule)
         self.plan.check_processes(self.rank, self.world_size)
-        self.microbatch_size = self._check_microbatches(microbatch_size)
+        self.microbatch_size = self._check_microbatches(microbatch_size, start=0)
 
-    def _check_microbatches(self, microbatch_size: int | None) -> int | None:
-        """Refuses, when built, a size that `microbatch_size * world_size` does not divide."""
+    def _check_microbatches(
+        self, microbatch_size: int | None, start: int | None = None
+    ) -> int | None:
+        """Refuses a size from `start` on that `microbatch_size * world_size` does not divide.
+
+        `start=None` (built, where a restore may follow): some step must be legal.
+        """
         if microbatch_size is None:
             return None
         microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
         end = None if self.batches is None else self.batches.end
         if end is None:
-            return self.plan.check_microbatches(microbatch_size, self.world_size)
+            return self.plan.check_microbatches(microbatch_size, self.world_size, start=start)
         last = self.plan.last_batch(end, self.drop_remainder)
         full_steps = 0 if last is None else last[0] + 1
         if last is not None and last[1] < self.plan.size(last[0]):
@@ -462,11 +467,15 @@ class RampupIterableDataset(_Restartable, IterableDataset):
                 "length that leaves a divisible remainder",
             )
             full_steps -= 1
-        return self.plan.check_microbatches(microbatch_size, self.world_size, full_steps)
+        return self.plan.check_microbatches(
+            microbatch_size, self.world_size, full_steps, start=start
+        )
 
     def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
         if self.batches is not None:
-            return self.batches.read_state(state)
+            step, shift = self.batches.read_state(state)
+            self._check_microbatches(self.microbatch_size, start=step)
+            return step, shift
         step, shift = read_state(state, self.plan, self.on_schedule_change)
         if step or shift:
             self._refuse_seek(step)
@@ -544,6 +553,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         start = make_state(self.plan, *self._start)
         convert = self.collate is None
         if self.batches is not None:
+            self._check_microbatches(self.microbatch_size, start=self.step)
             iterator = RampupIterator(
                 self.batches.iter_from(start, worker_index=worker_index, worker_count=worker_count),
                 convert,

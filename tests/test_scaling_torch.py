@@ -3,6 +3,7 @@
 import collections
 import dataclasses
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -133,14 +134,20 @@ def test_every_sample_once_per_epoch_in_microbatches_with_a_partial_last_batch()
 
 
 def test_a_size_that_does_not_split_is_refused_when_built():
-    with pytest.raises(ValueError, match=r"batch size 8 at step 0 .*microbatch_size=3.*6, 9"):
+    with pytest.raises(ValueError, match=r"batch size 32 at step 5 .*microbatch_size=3.*30, 33"):
         RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=3)
+    # Legal from step 3 on: refused where an iteration starts earlier.
+    ds = RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=8, rank=0, world_size=2)
     with pytest.raises(
         ValueError,
         match=r"batch size 8 at step 0 .*microbatch_size=8 x "
-        r"process_count=2.*16",
+        r"process_count=2.*16.*legal from step 3 on",
     ):
-        RampupIterableDataset(Rows(), SCHEDULE, microbatch_size=8, rank=0, world_size=2)
+        iter(ds)
+    with pytest.raises(ValueError, match=r"batch size 8 at step 2 .*legal from step 3 on"):
+        ds.set_step(2)
+    ds.set_step(3)
+    assert [len(step) for step in itertools.islice(iter(ds), 3)] == [1, 1, 2]
     # The last batch holds 50 - 40 = 10 samples: micro-batches of 4 cannot hold them.
     with pytest.raises(
         ValueError,
