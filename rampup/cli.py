@@ -1,24 +1,26 @@
-"""The `rampup` command: preview a schedule, run the demo, run the benchmarks."""
+"""The `rampup` command: preview a schedule, check it against topologies, run the demo, run
+the benchmarks."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import math
 import pathlib
 import subprocess
 import sys
 import tempfile
 import tomllib
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NamedTuple, NoReturn, cast
 
 from rampup import __version__
 from rampup.demo import BACKENDS, DEFAULT_STEPS, install_hint
 from rampup.demo import main as run_demo
 from rampup.plan import Plan
 from rampup.scaling import RULES, scaled
-from rampup.schedules import Schedule, from_config
+from rampup.schedules import Schedule, from_config, nearest_multiples
 
 # GPT-3 grew its batch from 32k to 3.2M tokens over the first 4-12B tokens; this
 # is the same shape scaled down: 64 -> 1024 samples of 2048 tokens over 1M samples.
@@ -128,9 +130,26 @@ def load_spec(spec: str) -> dict[str, Any]:
     return config
 
 
-def build_schedule(spec: str | None, multiple_of: int | None) -> Schedule:
-    """The schedule of `--schedule` (the built-in default when None), checked against rules."""
-    config = DEFAULT_SCHEDULE if spec is None else load_spec(spec)
+def build_schedule(
+    spec: str | None,
+    multiple_of: int | None,
+    megatron: str | None = None,
+    seq_length: int | None = None,
+) -> Schedule:
+    """The schedule of `--schedule` or `--megatron` (the built-in default when neither),
+    checked against rules."""
+    if seq_length is not None and megatron is None:
+        raise ValueError("--seq-length goes with --megatron: it makes its thresholds tokens")
+    if megatron is not None:
+        config: dict[str, Any] = {"type": "megatron", "schedule": megatron}
+        if seq_length is not None:
+            config["seq_length"] = seq_length
+        try:
+            from_config(config)
+        except ValueError as e:
+            raise ValueError(f"--megatron: {e}") from None
+    else:
+        config = DEFAULT_SCHEDULE if spec is None else load_spec(spec)
     if multiple_of is not None:
         config = {**config, "multiple_of": multiple_of}
     return from_config(config)
@@ -206,13 +225,13 @@ def preview(args: argparse.Namespace) -> int:
     Every argument is checked, the table built and the plot drawn before anything is printed.
     """
     path = plot_path(args.plot) if args.plot else None
-    schedule = build_schedule(args.schedule, args.multiple_of)
+    schedule = build_schedule(args.schedule, args.multiple_of, args.megatron, args.seq_length)
     tps = args.tokens_per_sample
     budget = {"steps": args.steps, "samples": args.samples, "tokens": args.tokens}
     if args.tokens is not None and tps is None:
         raise ValueError("--tokens needs --tokens-per-sample")
     if all(v is None for v in budget.values()):
-        if args.schedule is None:
+        if args.schedule is None and args.megatron is None:
             budget["tokens"] = DEFAULT_TOKENS
             tps = tps or DEFAULT_TOKENS_PER_SAMPLE
         else:
@@ -241,6 +260,93 @@ def preview(args: argparse.Namespace) -> int:
     if path is not None:
         print(f"plot written to {path}")
     return 0
+
+
+class Topology(NamedTuple):
+    """A layout a run may be resumed on.
+
+    Attributes:
+      processes: how many processes (hosts, ranks) split every global batch.
+      microbatch: rows of one micro-batch on one data-parallel replica, or None.
+      data: the data axis size (data-parallel replicas, a JAX mesh's data axis), or None.
+    """
+
+    processes: int
+    microbatch: int | None = None
+    data: int | None = None
+
+    @property
+    def divisor(self) -> int:
+        """What every size must be a multiple of."""
+        return math.lcm(self.processes, self.data or 1) * (self.microbatch or 1)
+
+    def __str__(self) -> str:
+        parts = [f"{self.processes:,} process{'es' * (self.processes != 1)}"]
+        if self.data is not None:
+            parts.append(f"data axis {self.data:,}")
+        if self.microbatch is not None:
+            parts.append(f"micro-batch {self.microbatch:,}")
+        return ", ".join(parts)
+
+
+TOPOLOGY_FORM = "PROCESSES[,microbatch=M][,data=D], e.g. 64 or 512,microbatch=2 or 4,data=32"
+
+
+def topology(text: str) -> Topology:
+    """An argparse type: `PROCESSES[,microbatch=M][,data=D]`."""
+    values: dict[str, int] = {}
+    for i, part in enumerate(text.split(",")):
+        key, eq, value = part.strip().rpartition("=")
+        key = key.strip() if eq else ("processes" if i == 0 else "")
+        if key not in Topology._fields or key in values:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {part.strip()!r} is not valid here; give {TOPOLOGY_FORM}"
+            )
+        values[key] = count(1)(value.strip())
+    return Topology(values.get("processes", 1), values.get("microbatch"), values.get("data"))
+
+
+MAX_CHECK_ROWS = 8
+
+
+def check_report(
+    plan: Plan, where: Topology, tokens_per_sample: int | None = None
+) -> tuple[str, bool]:
+    """What `rampup check` prints for one topology, and whether any step is legal for it."""
+    divisor = where.divisor
+    first = plan.divisible_from(divisor)
+    head = f"{where} (every size a multiple of {divisor:,}): "
+    if first == 0:
+        return head + "legal from step 0, every size divides", True
+    if first is None:
+        head += "never legal, the last size does not divide"
+    else:
+        samples = plan.offset(first)
+        tokens = f", {samples * tokens_per_sample:,} tokens" if tokens_per_sample else ""
+        head += f"legal from step {first:,} ({samples:,} samples{tokens} consumed)"
+    bad = [s for s in plan.segments(first) if s.size % divisor]
+    lines = [head]
+    for s in bad[:MAX_CHECK_ROWS]:
+        steps = "on" if s.last_step is None else f"to {s.last_step:,}"
+        nearest = " or ".join(f"{v:,}" for v in nearest_multiples(s.size, divisor))
+        lines.append(
+            f"  size {s.size:,} at steps {s.first_step:,} {steps} does not divide; nearest "
+            f"legal: {nearest}"
+        )
+    if len(bad) > MAX_CHECK_ROWS:
+        lines.append(f"  ... and {len(bad) - MAX_CHECK_ROWS:,} more segments")
+    return "\n".join(lines), first is not None
+
+
+def check(args: argparse.Namespace) -> int:
+    """Prints, per topology, the first step a run may start or resume at; 2 if one never can."""
+    schedule = build_schedule(args.schedule, args.multiple_of, args.megatron, args.seq_length)
+    plan = Plan(schedule)
+    reports = [check_report(plan, where, args.seq_length) for where in args.topology]
+    print(f"schedule: {json.dumps(schedule.to_config(), sort_keys=True)}")
+    for text, _ in reports:
+        print(text)
+    return 0 if all(legal for _, legal in reports) else 2
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -339,20 +445,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """`--schedule` or `--megatron` (with `--seq-length`), and `--multiple-of`."""
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--schedule",
+        metavar="SPEC",
+        help='inline JSON, e.g. \'{"type": "piecewise", "sizes": '
+        '{"0": 16, "1000": 32}}\', or a .json/.yaml/.toml file with the same '
+        "keys (see examples/ramp.yaml); types: constant, stepwise, piecewise, "
+        "linear, megatron; default: a GPT-3-like linear ramp, scaled down",
+    )
+    which.add_argument(
+        "--megatron",
+        metavar="SCHEDULE",
+        help="Megatron-LM's --step-batch-size-schedule string, as it is, e.g. "
+        "'0:768 250B:1536' (thresholds in samples, or tokens with --seq-length)",
+    )
+    p.add_argument(
+        "--seq-length",
+        type=count(1),
+        help="with --megatron: its thresholds are tokens, threshold // seq_length samples",
+    )
+    p.add_argument("--multiple-of", type=count(1), help="every size must be a multiple of this")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `rampup` command."""
     p = _Parser(prog="rampup", description="Batch-size ramp-up for ML training.")
     p.add_argument("--version", action="version", version=f"rampup {__version__}")
     sub = p.add_subparsers(dest="command")
     pre = sub.add_parser("preview", help="print a schedule's segments and totals")
-    pre.add_argument(
-        "--schedule",
-        metavar="SPEC",
-        help='inline JSON, e.g. \'{"type": "piecewise", "sizes": '
-        '{"0": 16, "1000": 32}}\', or a .json/.yaml/.toml file with the same '
-        "keys (see examples/ramp.yaml); types: constant, stepwise, piecewise, "
-        "linear; default: a GPT-3-like linear ramp, scaled down",
-    )
+    add_schedule_options(pre)
     budget = pre.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=count(1), help="budget in steps")
     budget.add_argument("--samples", type=count(1), help="budget in samples")
@@ -360,7 +484,6 @@ def parser() -> argparse.ArgumentParser:
         "--tokens", type=count(1), help="budget in tokens (with --tokens-per-sample)"
     )
     pre.add_argument("--tokens-per-sample", type=count(1), help="tokens in one sample")
-    pre.add_argument("--multiple-of", type=count(1), help="every size must be a multiple of this")
     pre.add_argument(
         "--plot",
         metavar="FILE",
@@ -389,6 +512,23 @@ def parser() -> argparse.ArgumentParser:
         help="the batch size --lr was tuned for (default: the largest size)",
     )
     pre.set_defaults(run=preview)
+    che = sub.add_parser(
+        "check",
+        help="the first step from which a schedule suits each topology (before asking for "
+        "more hosts)",
+    )
+    add_schedule_options(che)
+    che.add_argument(
+        "--topology",
+        type=topology,
+        action="append",
+        required=True,
+        metavar="TOPOLOGY",
+        help=f"repeatable: {TOPOLOGY_FORM}; micro-batch: rows of one micro-batch on one "
+        "data-parallel replica; every size must be a multiple of lcm(processes, data) x "
+        "microbatch. Exit status 0 when every topology is legal from some step, 2 otherwise",
+    )
+    che.set_defaults(run=check)
     dem = sub.add_parser("demo", help="an end-to-end run with a resume check halfway")
     dem.add_argument(
         "--backend",
