@@ -41,6 +41,39 @@ def test_divisible_from_is_the_first_step_from_which_every_size_divides(later, f
     assert plan.divisible_from(divisor) == naive_divisible_from(by_step, divisor)
 
 
+@given(
+    st.dictionaries(st.integers(1, 20), st.sampled_from([2, 4, 6, 8, 12, 16, 24]), max_size=4),
+    st.sampled_from([1, 2]),
+    st.sampled_from([2, 3, 4, 8]),
+    st.integers(0, 10),
+)
+def test_a_restore_on_another_process_count_gives_the_one_process_batches(
+    later, before, after, extra
+):
+    sizes = {0: 2, **later}
+    schedule = piecewise(sizes)
+    first = Plan(schedule).divisible_from(after)
+    if first is None:
+        with pytest.raises(ValueError, match=f"process_count={after}.*no step"):
+            RampupBatches(np.arange(97), schedule, process_count=after)
+        return
+    step = first + extra
+    data = np.arange(97)
+    state = RampupBatches(data, schedule, shuffle_seed=1, process_count=before).iter_from(step)
+    restored = [
+        RampupBatches(
+            data, schedule, shuffle_seed=1, process_index=i, process_count=after
+        ).iter_from(state.get_state())
+        for i in range(after)
+    ]
+    one = RampupBatches(data, schedule, shuffle_seed=1)
+    for k in range(step, step + 3):
+        np.testing.assert_array_equal(np.concatenate([next(it) for it in restored]), one[k])
+    if first:
+        with pytest.raises(ValueError, match=f"legal from step {first} on"):
+            RampupBatches(data, schedule, process_count=after).iter_from(first - 1)
+
+
 def test_divisible_from_a_function_schedule_looks_up_to_its_max_step():
     def size(k: int) -> int:
         return 4 if k < 7 else 16

@@ -69,6 +69,19 @@ def test_grain_map_dataset_restores_on_8_processes():
         next(eight(0).to_iter_dataset(options).__iter__())
 
 
+def test_grain_mp_prefetch_refuses_an_early_start_before_its_workers_start():
+    grain = pytest.importorskip("grain")
+    from rampup.adapters.grain import RampupMapDataset
+
+    options = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    ds = RampupMapDataset(grain.MapDataset.source(DATA), SCHEDULE, process_index=0, process_count=8)
+    prefetched = ds.to_iter_dataset(options).mp_prefetch(grain.MultiprocessingOptions(1))
+    with pytest.raises(ValueError, match=r"batch size 4 at step 0 .*" + LEGAL):
+        next(iter(prefetched))
+    with pytest.raises(ValueError, match=r"batch size 4 at step 9 .*" + LEGAL):
+        iter(prefetched).set_state({**saved_on_two(12), "step": 9, "position": 36})
+
+
 def test_torch_dataset_restores_on_8_ranks():
     pytest.importorskip("torch")
     from torch.utils.data import DataLoader
