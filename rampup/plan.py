@@ -430,7 +430,8 @@ class Plan:
           divisor: what every size must be a multiple of, an int >= 1.
           until_step: look at the steps before it only, e.g. where the data ends
             (then the answer is at most `until_step`). Default: every step; a
-            `from_fn` schedule's steps before its `max_step`.
+            `from_fn` schedule's steps before its `max_step` (the function is
+            evaluated at each of them once: pass `until_step` to bound that).
 
         Returns:
           The step, or None when the sizes never stay multiples of `divisor`.
