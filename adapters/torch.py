@@ -730,6 +730,7 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         step, shift = self._start
+        self.batches.check_start(step, shift)
         self._latest = _IndexLists(self.batches, WorkerStride(step), shift)
         return self._latest
 

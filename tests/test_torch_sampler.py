@@ -96,8 +96,10 @@ def test_sampler_refuses_bad_arguments_naming_them():
         RampupBatchSampler(10, SCHEDULE, shuffle=True)
     with pytest.raises(ValueError, match="length"):
         RampupBatchSampler(0, SCHEDULE)
-    with pytest.raises(ValueError, match="process_count=4"):
-        RampupBatchSampler(10, SCHEDULE, process_index=0, process_count=4)
+    with pytest.raises(ValueError, match="process_count=4.*from step 3"):
+        iter(RampupBatchSampler(10, SCHEDULE, process_index=0, process_count=4))
+    with pytest.raises(ValueError, match="process_count=16"):
+        RampupBatchSampler(10, SCHEDULE, process_index=0, process_count=16)  # never legal
     with pytest.raises(ValueError, match="schedule"):
         RampupBatchSampler(10, rampup.constant(4)).load_state_dict(
             RampupBatchSampler(10, SCHEDULE).state_dict()
@@ -283,3 +285,25 @@ def test_stream_batcher_over_a_torchdata_loader_refuses_its_state_when_written()
     assert next(stream).tolist() == [0, 1]
     with pytest.raises(TypeError, match="LoaderIterator.*has no set_state"):
         stream.get_state()
+
+
+def test_sampler_state_from_two_processes_continues_on_eight_after_the_small_sizes():
+    grow = rampup.piecewise({0: 4, 10: 16})
+    two = RampupBatchSampler(400, grow, shuffle=True, seed=1, process_index=0, process_count=2)
+    it = iter(two)
+    for _ in range(12):
+        next(it)
+    state = json.loads(json.dumps(two.state_dict()))
+    eight = [
+        RampupBatchSampler(400, grow, shuffle=True, seed=1, process_index=r, process_count=8)
+        for r in range(8)
+    ]
+    for sampler in eight:
+        sampler.load_state_dict(state)
+    slices = [list(itertools.islice(sampler, 5)) for sampler in eight]
+    whole = rampup.RampupBatches(np.arange(400), grow, shuffle_seed=1)
+    assert [sum(parts, []) for parts in zip(*slices, strict=True)] == [
+        whole[k].tolist() for k in range(12, 17)
+    ]
+    with pytest.raises(ValueError, match="from step 10"):
+        eight[0].set_step(9)
