@@ -11,6 +11,7 @@ from rampup.batching import (
     RampupBatches,
     StreamBatcher,
 )
+from rampup.branching import Branch, branches, critical_batch_size
 from rampup.collate import default_collate
 from rampup.noise import NoiseScale
 from rampup.plan import Plan, Segment
@@ -35,13 +36,16 @@ __all__ = [
     "GrowthPolicy",
     "STATE_VERSION",
     "BatchIterator",
+    "Branch",
     "NoiseScale",
     "Plan",
     "RampupBatches",
     "Schedule",
     "Segment",
     "StreamBatcher",
+    "branches",
     "constant",
+    "critical_batch_size",
     "default_collate",
     "follow",
     "from_config",
