@@ -16,7 +16,7 @@ import math
 import numbers
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -681,6 +681,130 @@ def _stable_name(fn: Callable[[int], int]) -> str:
             "from_fn(fn, name='my-ramp-v1'); change the name when the function changes"
         )
     return f"{module}.{qualname}"
+
+
+CURVE_MAX_STEPS = 10**7
+"""The most steps `from_curve` reads its curve at before `until`: it calls it once per step."""
+
+
+def from_curve(
+    curve: Callable[[int], float],
+    *,
+    unit: str = "tokens",
+    tokens_per_sample: int | None = None,
+    sizes: Sequence[int],
+    until: int,
+) -> Schedule:
+    """A legal ramp from a fitted curve of the critical batch size, e.g. `a * t ** b`.
+
+    The curve is read at every step `k` whose `t(k)` is at most `until`, where
+    `t(k)` is what was consumed before step `k`: `k` steps, `O(k)` samples or
+    `O(k) * tokens_per_sample` tokens. The size at such a step is the largest
+    entry of `sizes` at most `curve(t(k))` (the smallest entry where none is),
+    or the size of the step before when that is larger: the size never shrinks,
+    even where the curve dips. Later steps keep the size of the last step read.
+
+    The result is the `piecewise` schedule of those sizes by step, an ordinary
+    schedule: its config (so its fingerprint, and `to_config` / `from_config`)
+    holds the steps where the size changes, not the curve, which need not be
+    nameable.
+
+    Examples:
+      >>> import rampup
+      >>> s = rampup.from_curve(lambda t: t / 4, unit="samples", sizes=[8, 16, 32], until=500)
+      >>> print(s)  # t / 4 reaches 16 after 64 samples (step 8), 32 after 128 (step 12)
+      Schedule(piecewise, step -> size {0: 8, 8: 16, 12: 32})
+      >>> rampup.from_config(s.to_config()) == s
+      True
+
+    Args:
+      curve: the batch size wanted after `t` units, a function of an int that
+        returns a finite number.
+      unit: what `t` and `until` count: "tokens" (default), "samples" or "steps".
+      tokens_per_sample: tokens in one sample, for unit="tokens".
+      sizes: the legal global batch sizes (for example multiples of the
+        data-parallel size), ints >= 1 in ascending order.
+      until: the last `t` the curve is read at, an int >= 0.
+
+    Returns:
+      The schedule.
+
+    Raises:
+      ValueError: bad sizes, unit or until; a curve value that is not finite
+        (naming the step and `t`); `until` not reached within `CURVE_MAX_STEPS` steps.
+    """
+    if not callable(curve):
+        raise TypeError(f"from_curve: curve must be a function of t, got {curve!r}")
+    if unit not in UNITS:
+        raise ValueError(f"from_curve: unit={unit!r} is not valid; valid units: {', '.join(UNITS)}")
+    scale = 1  # t per sample consumed
+    if unit == "tokens":
+        if tokens_per_sample is None:
+            raise ValueError(
+                "from_curve: unit='tokens' needs tokens_per_sample, the tokens in one sample"
+            )
+        scale = check_size(tokens_per_sample, "from_curve tokens_per_sample")
+    elif tokens_per_sample is not None:
+        raise ValueError(
+            f"from_curve: tokens_per_sample={tokens_per_sample!r} is for unit='tokens'; "
+            f"with unit={unit!r} leave it out"
+        )
+    legal = _ascending_sizes(sizes)
+    until = check_count(until, "from_curve until")
+    starts: dict[int, int] = {}
+    size = 0
+    step = offset = 0
+    while True:
+        t = step if unit == "steps" else offset * scale
+        if t > until:
+            break
+        wanted = _curve_value(curve, t, step)
+        snapped = legal[max(bisect.bisect_right(legal, wanted) - 1, 0)]
+        if snapped > size:
+            starts[step] = size = snapped
+            if size == legal[-1]:  # nothing larger to grow to
+                break
+        offset += size
+        step += 1
+        if step >= CURVE_MAX_STEPS:
+            raise ValueError(
+                f"from_curve: t reaches only {t:,} of until={until:,} {unit} in "
+                f"{CURVE_MAX_STEPS:,} steps (at size {size}); from_curve reads the curve once "
+                "per step, so give a smaller until (the size stays constant after it) or "
+                "larger sizes"
+            )
+    return piecewise(starts)
+
+
+def _ascending_sizes(sizes: Any) -> list[int]:
+    if isinstance(sizes, (str, bytes, Mapping)) or not isinstance(sizes, Iterable):
+        raise TypeError(f"from_curve: sizes must be a list of batch sizes, got {sizes!r}")
+    legal = [check_size(v, "from_curve sizes") for v in sizes]
+    if not legal:
+        raise ValueError(
+            "from_curve: sizes is empty; give the legal batch sizes, e.g. [32, 64, 128]"
+        )
+    for a, b in itertools.pairwise(legal):
+        if b <= a:
+            raise ValueError(
+                f"from_curve: sizes must ascend strictly, but {b} follows {a} in {legal}; "
+                f"e.g. {sorted(set(legal))}"
+            )
+    return legal
+
+
+def _curve_value(curve: Callable[[int], float], t: int, step: int) -> float:
+    value = curve(t)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"from_curve: curve({t}) at step {step} returned {value!r} "
+            f"({type(value).__name__}); it must return a finite number"
+        )
+    if not math.isfinite(value):
+        raise ValueError(
+            f"from_curve: curve({t}) at step {step} is {value}; it must return a finite number"
+        )
+    return float(value)
 
 
 _OPTIONS = ("unit", "tokens_per_sample", "multiple_of", "min_size", "max_size")
