@@ -351,6 +351,15 @@ def check(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """Runs the end-to-end demo with its resume check."""
+    if args.cbs:
+        if args.adaptive or args.schedule or args.backend:
+            raise ValueError(
+                "--cbs measures the critical batch size on its own problem with NumPy: "
+                "it takes no --adaptive, --schedule or --backend"
+            )
+        from rampup.demo_cbs import main as run_cbs
+
+        return run_cbs()
     if args.adaptive:
         if args.schedule:
             raise ValueError("--adaptive decides the sizes as it trains: it takes no --schedule")
@@ -550,6 +559,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the batch size follows the "
         "measured gradient noise scale (backend jax or numpy; 80 steps is plenty)",
+    )
+    dem.add_argument(
+        "--cbs",
+        action="store_true",
+        help="measure the critical batch size by branching at checkpoints, next to the "
+        "closed-form noise scale, and turn a fitted curve into a schedule (NumPy)",
     )
     dem.set_defaults(run=demo)
     ben = sub.add_parser("bench", help="run the benchmarks the installed extras allow")
