@@ -156,3 +156,12 @@ def test_an_until_too_far_to_reach_is_refused(monkeypatch):
     monkeypatch.setattr(schedules, "CURVE_MAX_STEPS", 1_000)
     with pytest.raises(ValueError, match=r"reaches only 999 of until=5,000 samples in 1,000 steps"):
         rampup.from_curve(lambda t: 1, unit="samples", sizes=[1, 2], until=5_000)
+
+
+def test_divisible_from_finds_the_first_step_a_topology_splits():
+    schedule = rampup.from_curve(
+        lambda t: 2 + t / 8, unit="samples", sizes=[2, 4, 8, 16], until=400
+    )
+    sizes = simulate(lambda t: 2 + t / 8, "samples", None, [2, 4, 8, 16], 400, 200)
+    first = next(k for k in range(len(sizes)) if all(b % 8 == 0 for b in sizes[k:]))
+    assert rampup.Plan(schedule).divisible_from(8) == first
