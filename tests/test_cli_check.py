@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+from test_cli import refused  # the command line's one refusal format
+
 from rampup import Plan, from_megatron
 
 GPT3 = "0:16 2.4B:320 4.8B:624 7.2B:928 9.6B:1232 12B:1536"  # Megatron-LM's GPT-3 175B example
@@ -12,16 +14,6 @@ def run(*args):
     return subprocess.run(
         [sys.executable, "-m", "rampup", *args], capture_output=True, text=True, timeout=120
     )
-
-
-def refused(out, *fragments):
-    """Exit 2, nothing on stdout, one line on stderr that holds every fragment."""
-    assert out.returncode == 2, (out.stdout, out.stderr)
-    assert out.stdout == ""
-    assert "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-    for fragment in fragments:
-        assert fragment in out.stderr, (fragment, out.stderr)
 
 
 def test_check_prints_the_first_legal_step_of_each_topology():
