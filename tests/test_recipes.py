@@ -157,7 +157,12 @@ if __name__ == "__main__":
 
 
 def rank_lines(log: str) -> list[str]:
-    return sorted(line for line in log.splitlines() if re.fullmatch(r"rank \d+: .*", line))
+    """The ranks' "rank R: N steps" lines, sorted.
+
+    The ranks share the launcher's stdout, and `print` writes a line and its newline in two
+    writes, so one rank's line may land before the other's newline: read them by pattern.
+    """
+    return sorted(re.findall(r"rank \d+: \d+ steps", log))
 
 
 def in_rank_order(reports: list[dict], rows=lambda report: report["rows"]) -> list[list[int]]:
