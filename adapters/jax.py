@@ -700,7 +700,7 @@ def optax_schedule(
     factors = np.array([s[3] for s in segments], real)
 
     def value(step: Any) -> jax.Array:
-        step = jnp.asarray(step)
+        step = jnp.maximum(jnp.asarray(step), 0)  # a step before 0 is step 0, as optax clamps
         i = jnp.searchsorted(first_steps, step, side="right") - 1
         factor = jnp.asarray(factors)[i]
         if not callable(scaling.base):

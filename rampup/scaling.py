@@ -36,6 +36,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def _as_real(value: Any) -> float | None:
+    """A number, or a 0-d array of one (an optax schedule's value), as a float; else None."""
+    if isinstance(value, (str, bytes, bool, np.bool_)) or value is None:
+        return None
+    if not _is_number(value) and getattr(value, "ndim", None) != 0:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class Scaling:
     """Checked arguments of `scaled`, shared by the framework adapters.
@@ -103,8 +115,16 @@ class Scaling:
         """The scaled value at `step`."""
         step = check_count(step, "step")
         factor = self.factor(self.plan.size(step), step)
-        base = self.base(self.t(step)) if callable(self.base) else self.base
-        return float(base) * factor
+        t = self.t(step)
+        base = self.base(t) if callable(self.base) else self.base
+        value = _as_real(base)
+        if value is None or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"base gives {base!r} at step {step} (t={t}, unit={self.unit!r}); a base "
+                "must be a finite number >= 0 (a float, or a function of t returning one), "
+                "or the scaled value would be NaN, infinite or negative"
+            )
+        return value * factor
 
 
 def resolve(

@@ -186,3 +186,11 @@ def test_rampup_preview_shows_the_lr_column(capsys, tmp_path):
         == 0
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1e-3, "1e-3", None])
+def test_a_base_that_gives_no_finite_number_at_least_0_is_refused_naming_the_step(bad):
+    lr = rampup.scaled(lambda t: 1e-3 if t < 5 else bad, SCHEDULE)
+    assert lr(4) == 1e-3 * math.sqrt(32 / 64)
+    with pytest.raises(ValueError, match=r"base gives .* at step 5 \(t=5"):
+        lr(5)

@@ -137,3 +137,10 @@ def test_token_counts_past_int32_reach_an_optax_base_as_floats():
     got = jax.jit(jax.vmap(optax_schedule(base, schedule, **kwargs)))(jnp.array(steps))
     # optax's own float32 warmup rounds differently under jit and eagerly: 1e-4, not 1e-6.
     np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_a_step_before_0_is_step_0_as_optax_schedules_clamp():
+    schedule = optax_schedule(0.1, RAMP, rule="linear")
+    expected = rampup.scaled(0.1, RAMP, rule="linear")(0)  # 0.1 * 16 / 128
+    assert float(schedule(-1)) == float(schedule(0)) == pytest.approx(expected, rel=1e-6)
+    assert float(optax.linear_schedule(0.0, 1.0, 10)(-1)) == 0.0  # optax's own clamp
