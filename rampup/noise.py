@@ -47,11 +47,17 @@ def _text_float(text: Any, what: str) -> float:
     if not isinstance(text, str):
         raise ValueError(f"noise scale state: {what} must be a float.hex() string, got {text!r}")
     try:
-        return float.fromhex(text)
+        value = float.fromhex(text)
     except ValueError:
         raise ValueError(
             f"noise scale state: {what}={text!r} is not a float.hex() string"
         ) from None
+    if not math.isfinite(value):
+        raise ValueError(
+            f"noise scale state: {what}={text!r} is not finite; a state this estimator "
+            "wrote holds finite numbers only"
+        )
+    return value
 
 
 class NoiseScale:
@@ -108,8 +114,18 @@ class NoiseScale:
             )
         sq_norm = (b_big * big - b_small * small) / (b_big - b_small)
         trace = (small - big) / (1.0 / b_small - 1.0 / b_big)
-        self._sq_norm = self.beta * self._sq_norm + (1.0 - self.beta) * sq_norm
-        self._trace = self.beta * self._trace + (1.0 - self.beta) * trace
+        averages = (
+            self.beta * self._sq_norm + (1.0 - self.beta) * sq_norm,
+            self.beta * self._trace + (1.0 - self.beta) * trace,
+        )
+        if not all(map(math.isfinite, averages)):
+            raise ValueError(
+                f"the measurement small_sq_norm={small}, big_sq_norm={big} (sizes {b_small} and "
+                f"{b_big}) overflows a float: |G|^2 estimate {sq_norm}, tr(Sigma) estimate "
+                f"{trace}. Pass the squared norms in a smaller unit (e.g. divided by a constant "
+                "factor: the noise scale is their ratio); the estimator is left unchanged"
+            )
+        self._sq_norm, self._trace = averages
         self.count += 1
         return self.value
 

@@ -98,3 +98,23 @@ def test_update_refuses_bad_input(args, error, match):
 def test_beta_outside_zero_one_is_refused(beta):
     with pytest.raises(ValueError, match="beta"):
         rampup.NoiseScale(beta=beta)
+
+
+def test_a_measurement_that_overflows_is_refused_and_leaves_the_estimator_as_it_was():
+    noise = rampup.NoiseScale(beta=0.5)
+    noise.update(2.0, 1.0, 1, 4)
+    before = noise.get_state()
+    with pytest.raises(ValueError, match="overflows a float"):
+        noise.update(1e308, 1e307, 1, 10**6)
+    assert noise.get_state() == before
+    assert noise.value is not None and noise.value > 0
+
+
+@pytest.mark.parametrize("field", ["sq_norm", "trace"])
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+def test_a_state_with_a_non_finite_number_is_refused(field, text):
+    noise = rampup.NoiseScale(beta=0.5)
+    noise.update(2.0, 1.0, 1, 4)
+    state = dict(noise.get_state(), **{field: text})
+    with pytest.raises(ValueError, match=f"{field}='{text}' is not finite"):
+        rampup.NoiseScale(beta=0.5).set_state(state)
