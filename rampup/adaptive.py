@@ -414,8 +414,15 @@ class AdaptiveSchedule(Schedule):
                     f"adaptive schedule state: decision {item!r} is out of order "
                     f"or past the proposals (proposed_until={proposed_until})"
                 )
+            size = self.rules.check(item[1], start)
+            if not self._legal(size):
+                raise ValueError(
+                    f"adaptive schedule state: decision {item!r} picks size {size}, which is "
+                    f"not one of allowed_sizes={list(self.allowed_sizes or ())}; a state this "
+                    "schedule wrote picks allowed sizes only"
+                )
             starts.append(start)
-            sizes.append(self.rules.check(item[1], start))
+            sizes.append(size)
         log = self._log
         with log.lock:
             log.starts, log.sizes = starts, sizes

@@ -354,3 +354,17 @@ def test_scaled_needs_a_reference_size_and_no_compiled_graph():
         rampup.scaled(1.0, schedule)
     with pytest.raises(ValueError, match="decided online: a compiled graph"):
         rampup.scaled(1.0, schedule, reference_size=32).segment_factors()
+
+
+@pytest.mark.parametrize("size", [48, 8, 128])
+def test_a_state_deciding_a_size_outside_the_allowed_or_the_bounds_is_refused(size):
+    def build():
+        return rampup.AdaptiveSchedule(16, min_size=16, max_size=64, allowed_sizes=[16, 32, 64])
+
+    state = dict(build().get_state(), decisions=[[3, size]], proposed_until=5)
+    with pytest.raises(ValueError, match=f"size {size}"):
+        build().set_state(state)
+    legal = dict(state, decisions=[[3, 32]])
+    schedule = build()
+    schedule.set_state(legal)
+    assert schedule.starts == (0, 3) and schedule.sizes == (16, 32)
