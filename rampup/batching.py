@@ -30,6 +30,19 @@ POSITION_KEY = "position"
 SCHEDULE_KEY = "schedule"
 PARENT_KEY = "parent"
 SCHEDULE_CHANGE_POLICIES = ("raise", "continue")
+# Stream positions are indexed as NumPy int64.
+MAX_POSITION = 2**63 - 1
+
+
+def check_position(position: int, step: int) -> int:
+    """Refuses a stream position past `MAX_POSITION`, naming the step and the limit."""
+    if position > MAX_POSITION:
+        raise ValueError(
+            f"stream position {position:,} (step {step:,}) is past the largest position "
+            f"rampup indexes, 2**63 - 1 = {MAX_POSITION:,} (NumPy int64): restore or start "
+            "at an earlier step"
+        )
+    return position
 
 
 def as_plan(schedule: Schedule | Plan) -> Plan:
@@ -100,7 +113,7 @@ def read_state(
             f"version {STATE_VERSION}"
         )
     step = check_count(state[STEP_KEY], "state step")
-    position = check_count(state[POSITION_KEY], "state position")
+    position = check_position(check_count(state[POSITION_KEY], "state position"), step)
     fingerprint = plan.schedule.fingerprint_at(step)
     if state[SCHEDULE_KEY] != fingerprint and on_schedule_change == "raise":
         raise ValueError(
@@ -235,7 +248,9 @@ class RampupBatches:
           ValueError: a size from `step` on does not split, naming the first step
             from which this layout is legal.
         """
-        self.check_end(shift, check_count(step, "step"))
+        step = check_count(step, "step")
+        check_position(self.plan.offset(step) + shift, step)
+        self.check_end(shift, step)
 
     def window(self, step: int, shift: int = 0) -> tuple[int, int] | None:
         """This process's stream positions `[start, stop)` at `step`, None past the end.

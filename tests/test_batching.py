@@ -315,3 +315,16 @@ def test_index_list_is_the_indices_as_a_list_across_epoch_borders(shuffle_seed, 
             assert got == batches.indices(start, stop).tolist()
             if shuffle_seed is None:
                 assert got == expected
+
+
+@pytest.mark.parametrize("shuffle_seed", [None, 3])
+def test_a_position_past_int64_is_refused_at_restore_naming_the_limit(shuffle_seed):
+    batches = RampupBatches(np.arange(10), constant(64), shuffle_seed=shuffle_seed)
+    last = (2**63 - 1) // 64  # the last step whose first position is an int64
+    state = dict(batches.iter_from(0).get_state(), step=last + 1, position=64 * (last + 1))
+    with pytest.raises(ValueError, match=r"past the largest position .* 2\*\*63 - 1"):
+        batches.iter_from(state)
+    with pytest.raises(ValueError, match=r"step 144,115,188,075,855,872\)"):
+        batches.iter_from(last + 1)
+    far = batches.iter_from(10**16)  # far, and still exact
+    assert next(far).tolist() == [int(i) for i in batches.indices(64 * 10**16, 64 * 10**16 + 64)]
