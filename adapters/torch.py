@@ -257,10 +257,29 @@ class RampupIterator(ScheduledIterator):
         batch = as_tensors(batch) if self.convert else batch
         if self.microbatch_size is None:
             return batch
-        # This rank's rows are its equal share of the global batch (Plan.local_bounds).
-        size = _rows(batch, step) * self.process_count
+        rows, planned = _rows(batch, step), self._planned_rows(step)
+        # A stream's end is not known ahead: its last batch may be short, never long.
+        if rows != planned and (not isinstance(self.batches, StreamBatcher) or rows > planned):
+            raise ValueError(
+                f"the collate gave {rows} rows at step {step}, but this process's share of the "
+                f"batch is {planned} rows (the plan's): micro-batches are counted from the "
+                "plan, so a collate used with microbatch_size must give one row per element"
+            )
+        size = rows * self.process_count
         count = microbatch_count(size, f"at step {step}", self.microbatch_size, self.process_count)
         return _split(batch, count)
+
+    def _planned_rows(self, step: int) -> int:
+        """This process's rows at `step` by the plan, the end of the data included."""
+        start, stop = self.plan.local_window(
+            step,
+            self.process_index,
+            self.process_count,
+            end=self.end,
+            drop_remainder=self.drop_remainder,
+            shift=self.shift,
+        ) or (0, 0)
+        return stop - start
 
     def get_state(self) -> dict[str, Any]:
         """The state of the next batch this iterator builds; JSON-serializable."""

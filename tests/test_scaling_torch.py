@@ -213,3 +213,14 @@ def test_dataclass_defaultdict_and_none_leaves_keep_their_types_in_microbatches(
     counts = collect(RampupIterableDataset(Counts(), SCHEDULE, microbatch_size=4), 1)[0]
     assert [type(m) for m in counts] == [collections.defaultdict] * 2
     assert counts[0]["missing"] == 0  # the factory came along
+
+
+@pytest.mark.parametrize("change", ["drop", "double"])
+def test_microbatches_are_counted_from_the_plan_and_a_collate_that_changes_rows_is_refused(change):
+    def collate(elements):
+        rows = np.stack([np.asarray(e) for e in elements])
+        return torch.from_numpy(rows[:-2] if change == "drop" else np.concatenate([rows, rows]))
+
+    ds = RampupIterableDataset(np.arange(64), SCHEDULE, collate=collate, microbatch_size=2)
+    with pytest.raises(ValueError, match=r"collate gave \d+ rows at step 0.*the plan's"):
+        next(iter(ds))
