@@ -91,6 +91,30 @@ def _parse_file(path: pathlib.Path) -> Any:
         ) from None
 
 
+# A schedule config is a few dozen values; YAML aliases can make a small file expand to
+# billions (an "alias bomb"), which printing or checking would then walk.
+MAX_CONFIG_VALUES = 100_000
+
+
+def _check_expansion(config: Any, where: str) -> None:
+    """Refuses a config that expands to more than `MAX_CONFIG_VALUES` values, in O(that)."""
+    pending, seen = [config], 0
+    while pending:
+        value = pending.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ValueError(
+                f"{where}: the schedule expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(YAML aliases repeat what they point at); a schedule config is a mapping of "
+                "a few keys: write it out without aliases"
+            )
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            pending.extend(value)
+
+
 def load_spec(spec: str) -> dict[str, Any]:
     """A schedule config from inline JSON or a .json, .yaml/.yml or .toml file.
 
@@ -118,6 +142,7 @@ def load_spec(spec: str) -> dict[str, Any]:
             raise ValueError(f"--schedule {spec!r}: {missing}; give {SCHEDULE_FORMS}")
         where = str(path)
         config = _parse_file(path)
+    _check_expansion(config, where)
     if not isinstance(config, dict):
         raise ValueError(
             f"{where}: a schedule is a mapping with a 'type' key, got "

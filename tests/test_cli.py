@@ -305,3 +305,14 @@ def test_bench_rejects_an_unknown_suite(capsys):
         main(["bench", "--suite", "pytorch"])
     assert exit_.value.code == 2
     assert "invalid choice: 'pytorch'" in capsys.readouterr().err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_and_in_one_line(tmp_path):
+    pytest.importorskip("yaml")
+    levels = ['&a0 ["x","x","x","x","x","x","x","x","x"]']
+    levels += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"type: piecewise\nsizes: [{', '.join(levels)}]\n")  # 9**9 values, < 1 kB
+    assert bomb.stat().st_size < 1000
+    out = run("preview", "--schedule", str(bomb))  # before: a message of 387 million 'x'
+    refused(out, "bomb.yaml", "expands to more than 100,000 values")
