@@ -30,6 +30,7 @@ import rampup
 from rampup.adaptive import AdaptiveSchedule
 from rampup.batching import (
     PARENT_KEY,
+    POSITION_KEY,
     STEP_KEY,
     RampupBatches,
     StreamBatcher,
@@ -44,6 +45,9 @@ from rampup.protocol import ScheduledIterator
 from rampup.schedules import Schedule, check_flag
 
 LEGACY_STEP_KEY = "batch_step"
+# The name the drop-in gives a schedule function without a stable identity (a lambda, as
+# the xLSTM module accepted): its restores are checked by position, not by identity.
+UNNAMED_FUNCTION = "xlstm-dropin:unnamed "
 
 __all__ = [
     "BatchRampUpIterDataset",
@@ -679,6 +683,18 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             plan = self._batcher.plan
             step = state[LEGACY_STEP_KEY]
             state = make_state(plan, step, **{PARENT_KEY: state[PARENT_KEY]})
+        name = self.plan.schedule.name or ""
+        if name.startswith(UNNAMED_FUNCTION) and isinstance(state, Mapping):
+            # Two lambdas share a name: what can be checked is the position at the step.
+            step, position = state.get(STEP_KEY), state.get(POSITION_KEY)
+            if isinstance(step, int) and position != self.plan.offset(step):
+                raise ValueError(
+                    f"the state at step {step} holds position {position!r}, but this schedule "
+                    f"({name[len(UNNAMED_FUNCTION) :]}, a function without a stable identity) "
+                    f"has consumed {self.plan.offset(step)} samples before step {step}: it is "
+                    "another function than the one that wrote the state. Name the schedule "
+                    "(rampup.from_fn(fn, name=...)) to have restores checked by identity"
+                )
         self._batcher.set_state(state)
 
     def _get_next_index(self) -> int:
@@ -791,7 +807,11 @@ def _as_schedule(batch_rampup_schedule: Schedule | Callable[[int], int]) -> Sche
             f"batch_rampup_schedule must be a callable step -> batch size (or a rampup "
             f"Schedule), got {batch_rampup_schedule!r}"
         )
-    return rampup.from_fn(batch_rampup_schedule)
+    try:
+        return rampup.from_fn(batch_rampup_schedule)
+    except ValueError:  # no stable identity: the xLSTM module took lambdas all the same
+        name = getattr(batch_rampup_schedule, "__qualname__", type(batch_rampup_schedule).__name__)
+        return rampup.from_fn(batch_rampup_schedule, name=UNNAMED_FUNCTION + name)
 
 
 class BatchRampUpIterDataset(RampupIterDataset):

@@ -133,12 +133,24 @@ def plus_one(step):
     return step + 1
 
 
-def test_a_lambda_schedule_is_refused_with_the_fix(parent):
-    # A lambda has no stable identity for the state's schedule fingerprint.
-    with pytest.raises(ValueError, match="name="):
-        BatchRampUpIterDataset(parent(10), lambda step: step + 1)
+def test_a_lambda_schedule_is_taken_as_the_xlstm_module_took_it(parent):
+    ds = BatchRampUpIterDataset(parent(10), lambda step: 8)
+    assert [len(b) for b in ds] == [8, 2]
     named = rampup.from_fn(lambda step: step + 1, name="plus-one")
     assert [len(b) for b in BatchRampUpIterDataset(parent(10), named)] == [1, 2, 3, 4]
+
+
+def test_a_lambda_schedule_restores_checked_by_position(parent):
+    it = iter(BatchRampUpIterDataset(parent(), lambda step: 4))
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    same = iter(BatchRampUpIterDataset(parent(), lambda step: 4))
+    same.set_state(state)  # another lambda, the same sizes: the position agrees
+    assert next(same).tolist() == next(it).tolist() == [12, 13, 14, 15]
+    other = iter(BatchRampUpIterDataset(parent(), lambda step: 5))
+    with pytest.raises(ValueError, match="position 12.*consumed 15 samples before step 3"):
+        other.set_state(state)
 
 
 def test_str_names_the_dropin_class(parent):
