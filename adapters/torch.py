@@ -210,6 +210,20 @@ def tensor_collate(elements: Sequence[Any]) -> Any:
     return as_tensors(default_collate(elements, stack=_stack_tensors))
 
 
+def _collate_for(source: Any, collate: Callable[[list[Any]], Any] | None) -> tuple[Any, bool]:
+    """The collate that batches `source`, and whether its batches still need `as_tensors`.
+
+    A given collate's batches are yielded as they are; an array source takes the core's
+    fast path (one fancy index, then `as_tensors`); any other source `tensor_collate`,
+    whose batches are tensors already.
+    """
+    if collate is not None:
+        return collate, False
+    if isinstance(source, np.ndarray):
+        return None, True
+    return tensor_collate, False
+
+
 def _steps_left(batches: RampupBatches, step: int, shift: int, what: str) -> int:
     """How many batches an iteration from `(step, shift)` yields; finite data only."""
     if batches.end is None:
@@ -419,6 +433,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         self.rank = _world(rank, dist.get_rank, 0)
         self.world_size = _world(world_size, dist.get_world_size, 1)
         self.collate = check_collate(collate)
+        self._batch_collate, self._convert = _collate_for(source, self.collate)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.on_schedule_change = check_policy(on_schedule_change)
         # How often the main process moved the start: a persistent worker compares.
@@ -433,9 +448,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
                 shuffle_seed=seed if shuffle else None,
                 num_epochs=num_epochs,
                 drop_remainder=drop_remainder,
-                collate=collate
-                if collate is not None or isinstance(source, np.ndarray)
-                else tensor_collate,
+                collate=self._batch_collate,
                 process_index=self.rank,
                 process_count=self.world_size,
                 on_schedule_change=on_schedule_change,
@@ -570,12 +583,11 @@ class RampupIterableDataset(_Restartable, IterableDataset):
                 )
             self._iterations += 1
         start = make_state(self.plan, *self._start)
-        convert = self.collate is None
         if self.batches is not None:
             self._check_microbatches(self.microbatch_size, start=self.step)
             iterator = RampupIterator(
                 self.batches.iter_from(start, worker_index=worker_index, worker_count=worker_count),
-                convert,
+                self._convert,
                 self.microbatch_size,
             )
             self._latest = iterator
@@ -594,12 +606,12 @@ class RampupIterableDataset(_Restartable, IterableDataset):
             iter(source),
             self.plan,
             drop_remainder=self.drop_remainder,
-            collate=self.collate,
+            collate=self._batch_collate,
             process_index=self.rank,
             process_count=self.world_size,
             on_schedule_change=self.on_schedule_change,
         )
-        self._latest = RampupIterator(stream, convert, self.microbatch_size)
+        self._latest = RampupIterator(stream, self._convert, self.microbatch_size)
         return self._latest
 
     def __getstate__(self) -> dict[str, Any]:
@@ -622,26 +634,6 @@ class RampupIterableDataset(_Restartable, IterableDataset):
             f"RampupIterableDataset({kind}, rank {self.rank}/{self.world_size}, "
             f"start step {self.step})"
         )
-
-
-class _Indices:
-    """The source indices themselves as the items: what a batch sampler yields."""
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-    def __getitems__(self, indices: list[int]) -> list[int]:
-        return indices
-
-
-def _index_list(indices: list[int]) -> list[int]:
-    return indices
 
 
 class _IndexLists(BatchIterator):
@@ -711,12 +703,11 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
                 "shuffle=True needs an int seed (the same on every process), got seed=None"
             )
         self.batches = RampupBatches(
-            _Indices(check_count(length, "length", 1)),
+            range(check_count(length, "length", 1)),  # the items are the indices
             schedule,
             shuffle_seed=seed if shuffle else None,
             num_epochs=num_epochs,
             drop_remainder=drop_remainder,
-            collate=_index_list,
             process_index=_world(process_index, dist.get_rank, 0),
             process_count=_world(process_count, dist.get_world_size, 1),
             on_schedule_change=on_schedule_change,
@@ -833,7 +824,7 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
         shuffle = check_flag(shuffle, "shuffle")
         if shuffle and seed is None:
             raise TypeError("shuffle=True needs an int seed (the same on every process)")
-        self.convert = check_collate(collate) is None
+        batch_collate, self.convert = _collate_for(source, check_collate(collate))
         options: dict[str, Any] = dict(
             drop_remainder=drop_remainder,
             process_index=_world(process_index, dist.get_rank, 0),
@@ -849,16 +840,14 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
                     "batched as a stream in its own order, to its own end"
                 )
             self.plan = as_plan(schedule)
-            self.options = {**options, "collate": collate or tensor_collate}
+            self.options = {**options, "collate": batch_collate}
         elif _is_map_style(source):
             self.batches = RampupBatches(
                 source,
                 schedule,
                 shuffle_seed=seed if shuffle else None,
                 num_epochs=num_epochs,
-                collate=collate
-                if collate is not None or isinstance(source, np.ndarray)
-                else tensor_collate,
+                collate=batch_collate,
                 **options,
             )
             self.plan = self.batches.plan
