@@ -223,7 +223,7 @@ def test_schedule_files_shown_in_the_readme_are_the_shipped_ones():
 
 
 def test_benchmark_table_is_the_one_rendered_from_the_results_file():
-    rows = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    rows = json.loads((ROOT / "rampup" / "benchmarks" / "results.json").read_text())
     assert f"{BEGIN}\n{markdown(rows)}\n{END}" in README.read_text()
     assert len(rows) == len(markdown(rows).splitlines()) - 2
 

@@ -5,7 +5,7 @@ peak memory above an idle interpreter with the same imports: a shuffled first
 batch over 10^9 and 10^12 elements, a batch much larger than the data, a
 from_fn schedule far out, a ramp with a billion sizes.
 
-Run: python benchmarks/bench_core.py [--quick] [--json PATH]
+Run: python -m rampup.benchmarks.bench_core [--quick] [--json PATH]
 """
 
 from __future__ import annotations

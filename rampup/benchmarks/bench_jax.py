@@ -1,6 +1,6 @@
 """JAX placement: prefetch overlap, and device_batches' transfer throughput vs jax.device_put.
 
-Run: python benchmarks/bench_jax.py [--quick] [--json PATH]
+Run: python -m rampup.benchmarks.bench_jax [--quick] [--json PATH]
 (XLA_FLAGS=--xla_force_host_platform_device_count=8 simulates 8 CPU devices;
 the rows name the device count they ran on.)
 """
