@@ -45,6 +45,13 @@ class GrowthPolicy:
     proposal in between resets the streak, so an estimate hovering around a
     threshold never flaps.
 
+    Examples:
+      >>> s = AdaptiveSchedule(32, lag=2, policy=GrowthPolicy(factor=2, patience=2))
+      >>> s.propose(0, 80.0), s.propose(1, 40.0)  # 40 < 64 resets the streak
+      (None, None)
+      >>> s.propose(2, 80.0), s.propose(3, 80.0)
+      (None, Decision(step=3, start=5, size=64, noise_scale=80.0))
+
     Attributes:
       factor: the growth factor, an int >= 2.
       patience: consecutive proposals past a threshold before a change, an int >= 1.
@@ -96,6 +103,25 @@ class _Log:
 
 class AdaptiveSchedule(Schedule):
     """A `Schedule` whose future is decided online, usable wherever a schedule is.
+
+    Examples:
+      >>> s = AdaptiveSchedule(32, lag=2, max_size=128, policy=GrowthPolicy(patience=1))
+      >>> s.propose(0, noise_scale=70.0)  # 70 >= 64: double, from step 0 + lag on
+      Decision(step=0, start=2, size=64, noise_scale=70.0)
+      >>> s(1), s(2), s.decided_until
+      (32, 64, 3)
+      >>> s(3)
+      Traceback (most recent call last):
+      ...
+      ValueError: the batch size at step 3 is not decided yet: ...
+
+      The decisions are the checkpoint state; a schedule built with the same
+      arguments takes them in:
+
+      >>> restored = AdaptiveSchedule(32, lag=2, max_size=128, policy=GrowthPolicy(patience=1))
+      >>> restored.set_state(s.get_state())
+      >>> restored.decisions, restored(2)
+      ([(2, 64)], 64)
 
     Args:
       initial_size: the size until the first decision takes effect.
@@ -232,6 +258,13 @@ class AdaptiveSchedule(Schedule):
 
     def check_lag(self, run_ahead: int, what: str = "the pipeline") -> None:
         """Refuses a pipeline that builds `run_ahead` steps past training: lag must exceed it.
+
+        Examples:
+          >>> AdaptiveSchedule(32, lag=4).check_lag(3)  # builds up to 3 steps ahead: fine
+          >>> AdaptiveSchedule(32, lag=4).check_lag(4, "the DataLoader")
+          Traceback (most recent call last):
+          ...
+          ValueError: the DataLoader builds batches up to 4 steps ahead ... lag >= 5 ...
 
         Raises:
           ValueError: `lag <= run_ahead`, naming both and the fix.
@@ -549,6 +582,17 @@ def follow(
     `run_ahead` of the first step the copy cannot know. The batches already
     built ahead are dropped and built again: identical, as no decision changes
     a step before `step + lag`.
+
+    Examples:
+      >>> import itertools
+      >>> s = AdaptiveSchedule(32, lag=4, policy=GrowthPolicy(patience=1))
+      >>> batches = follow(lambda step: itertools.count(step), s, run_ahead=1)
+      >>> next(batches), next(batches)
+      (0, 1)
+      >>> s.propose(1, noise_scale=100.0)
+      Decision(step=1, start=5, size=64, noise_scale=100.0)
+      >>> next(batches), batches.restarts  # restarted at step 2 with the new decision
+      (2, 1)
 
     Args:
       start: builds the pipeline's iterator from a step (seek, then iterate).

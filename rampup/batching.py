@@ -24,6 +24,7 @@ from rampup.schedules import Schedule, check_count, check_flag
 # The version names the shuffle too: 2 is `rampup.permutation.ALGORITHM`, where 1 was a
 # materialized NumPy permutation. A change of the shuffle's order must bump it.
 STATE_VERSION = 2
+"""The `"version"` of the checkpoint states this rampup writes; it restores no other."""
 VERSION_KEY = "version"
 STEP_KEY = "step"
 POSITION_KEY = "position"
@@ -142,6 +143,23 @@ class RampupBatches:
 
     `batches[k]` is this process's slice of global batch `k`. Stream position
     `p` is item `perm_e(p mod N)` of epoch `e = p // N`.
+
+    Examples:
+      >>> import numpy as np
+      >>> from rampup import piecewise
+      >>> batches = RampupBatches(np.arange(10), piecewise({0: 2, 2: 4}), num_epochs=1)
+      >>> len(batches), batches[2].tolist()
+      (4, [4, 5, 6, 7])
+      >>> [b.tolist() for b in batches]  # the last batch is cut short by the end of the data
+      [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9]]
+
+      Each of `process_count` processes gets its slice of every global batch:
+
+      >>> second = RampupBatches(
+      ...     np.arange(10), piecewise({0: 2, 2: 4}), num_epochs=1, process_index=1, process_count=2
+      ... )
+      >>> [b.tolist() for b in second]
+      [[1], [3], [6, 7], [9]]
 
     Args:
       source: a list, NumPy array, grain `MapDataset`, torch map-style `Dataset`...
@@ -366,6 +384,19 @@ class RampupBatches:
     ) -> BatchIterator:
         """An iterator from a step, or from a state, in O(1) whatever the step.
 
+        Examples:
+          >>> import numpy as np
+          >>> from rampup import piecewise
+          >>> batches = RampupBatches(np.arange(10), piecewise({0: 2, 2: 4}), num_epochs=1)
+          >>> it = batches.iter_from(1)
+          >>> next(it).tolist()
+          [2, 3]
+          >>> state = it.get_state()
+          >>> state["step"], state["position"]
+          (2, 4)
+          >>> next(batches.iter_from(state)).tolist()
+          [4, 5, 6, 7]
+
         Args:
           start: the first step; or a state from `get_state()`, whose step and
             data position the iteration starts at (a restore under a changed
@@ -448,6 +479,14 @@ class StreamBatcher(ScheduledIterator):
     parent raises in the middle of a batch, the elements already pulled are kept
     and the next call goes on from them; `get_state()` refuses until that batch
     is complete, so no checkpoint loses or skips an element.
+
+    Examples:
+      >>> from rampup import piecewise
+      >>> batcher = StreamBatcher(iter(range(10)), piecewise({0: 2, 2: 4}))
+      >>> [b.tolist() for b in batcher]
+      [[0, 1], [2, 3], [4, 5, 6, 7], [8, 9]]
+      >>> batcher.step
+      4
 
     Args:
       iterator: any iterable; its iterator's `get_state`/`set_state`, when it

@@ -69,6 +69,25 @@ class NoiseScale:
     The ratio `.value` is the same with or without the correction (both terms
     carry the same factor); the correction matters for `.sq_norm` and `.trace`.
 
+    Examples:
+      With `|G|^2 = 1` and `tr(Sigma) = 32`, a mean gradient over `B` samples has
+      an expected squared norm of `1 + 32 / B`: 5.0 over 8 samples, 1.5 over 64.
+
+      >>> noise = NoiseScale(beta=0.5)
+      >>> noise.update(small_sq_norm=5.0, big_sq_norm=1.5, small_size=8, big_size=64)
+      32.0
+      >>> noise.sq_norm, noise.trace  # bias-corrected: not pulled towards 0
+      (1.0, 32.0)
+      >>> round(noise.update(small_sq_norm=9.0, big_sq_norm=2.0, small_size=8, big_size=64), 2)
+      53.33
+
+      The state restores the estimator bit for bit:
+
+      >>> restored = NoiseScale(beta=0.5)
+      >>> restored.set_state(noise.get_state())
+      >>> restored.value == noise.value
+      True
+
     Args:
       beta: the EMA decay in `[0, 1)`; 0 keeps only the latest update. Larger
         is smoother and slower to follow a changing noise scale.

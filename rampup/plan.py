@@ -46,6 +46,16 @@ class Segment(NamedTuple):
 class Plan:
     """Step <-> position arithmetic over a schedule.
 
+    Examples:
+      >>> from rampup import piecewise
+      >>> plan = Plan(piecewise({0: 16, 100: 32}))
+      >>> plan.size(100), plan.offset(100)  # 100 steps of 16 come before step 100
+      (32, 1600)
+      >>> plan.bounds(100)
+      (1600, 1632)
+      >>> plan.step_at(1631), plan.step_at(1632)
+      (100, 101)
+
     Args:
       schedule: the global batch size per step.
     """
@@ -259,7 +269,14 @@ class Plan:
         return step
 
     def local_bounds(self, step: int, process_index: int, process_count: int) -> tuple[int, int]:
-        """The positions `[start, stop)` of process `process_index`'s slice of batch `step`."""
+        """The positions `[start, stop)` of process `process_index`'s slice of batch `step`.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> plan = Plan(piecewise({0: 16, 100: 32}))
+          >>> [plan.local_bounds(100, i, 4) for i in range(4)]  # batch 100 is [1600, 1632)
+          [(1600, 1608), (1608, 1616), (1616, 1624), (1624, 1632)]
+        """
         process_index, process_count = _process(process_index, process_count)
         start, stop = self.bounds(step)
         share = _share(stop - start, step, process_count)
@@ -375,6 +392,12 @@ class Plan:
 
     def microbatches(self, step: int, microbatch_size: int, process_count: int = 1) -> int:
         """How many micro-batches of `microbatch_size` rows each process gets at `step`.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> plan = Plan(piecewise({0: 16, 100: 32}))
+          >>> plan.microbatches(0, 8), plan.microbatches(100, 8), plan.microbatches(100, 8, 2)
+          (2, 4, 2)
 
         Returns:
           `B(step) / (microbatch_size * process_count)`.
@@ -527,6 +550,14 @@ class Plan:
         """How many batches a finite stream of `positions` samples gives.
 
         The last one is partial unless `drop_remainder`, which leaves it out.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> plan = Plan(piecewise({0: 16, 100: 32}))
+          >>> plan.num_batches(1650)  # 100 of 16, one of 32 and 18 samples left over
+          102
+          >>> plan.num_batches(1650, drop_remainder=True)
+          101
         """
         positions = check_count(positions, "positions")
         if positions == 0:
@@ -544,6 +575,14 @@ class Plan:
     ) -> int:
         """The number of steps that consume at least the given budget.
 
+        Examples:
+          >>> from rampup import piecewise
+          >>> plan = Plan(piecewise({0: 16, 100: 32}))
+          >>> plan.steps_for(samples=10_000)  # 1,600 samples, then 263 steps of 32
+          363
+          >>> plan.steps_for(tokens=2**20, tokens_per_sample=1024)  # 1,024 samples
+          64
+
         Args:
           samples: a budget in samples; or
           tokens: a budget in tokens, with `tokens_per_sample`.
@@ -556,7 +595,15 @@ class Plan:
         return 0 if samples == 0 else self.step_at(samples - 1) + 1
 
     def segments(self, until_step: int | None = None) -> list[Segment]:
-        """The runs of equal size over steps `[0, until_step)`; all of them if None."""
+        """The runs of equal size over steps `[0, until_step)`; all of them if None.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> for segment in Plan(piecewise({0: 16, 100: 32})).segments(150):
+          ...     print(segment)
+          Segment(first_step=0, last_step=99, size=16, offset=0)
+          Segment(first_step=100, last_step=149, size=32, offset=1600)
+        """
         if until_step is None:
             if not self.schedule.segmented:
                 raise ValueError("a from_fn schedule has no known end: pass until_step")
@@ -592,6 +639,16 @@ class Plan:
         max_rows: int | None = None,
     ) -> str:
         """A preview: one row per segment up to a budget, then the totals.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> print(Plan(piecewise({0: 16, 100: 32})).table(samples=8000))
+          first step  last step  size  samples   share
+          ----------  ---------  ----  -------  ------
+                   0         99    16    1,600  20.00%
+                 100        299    32    6,400  80.00%
+          <BLANKLINE>
+          300 steps, 8,000 samples, 2 distinct sizes
 
         Args:
           steps: the budget in steps; or `samples`; or `tokens` with `tokens_per_sample`.

@@ -201,6 +201,21 @@ def scaled(
 ) -> Scaling:
     """A hyperparameter that follows the batch size: `base(t(k)) * rule(B(k) / reference_size)`.
 
+    Examples:
+      >>> from rampup import piecewise
+      >>> schedule = piecewise({0: 64, 100: 256})
+      >>> lr = scaled(1e-3, schedule)  # tuned at the largest size, 256; sqrt(64 / 256) = 0.5
+      >>> lr(0), lr(100)
+      (0.0005, 0.001)
+      >>> scaled(0.1, schedule, rule="linear")(0)
+      0.025
+
+      A warmup written in samples stays in samples whatever the ramp does:
+
+      >>> warmup = scaled(lambda t: 1e-3 * min(1.0, t / 6400), schedule, unit="samples")
+      >>> [warmup(k) for k in (0, 50, 100, 150)]  # t = 0, 3200, 6400, 19200 samples
+      [0.0, 0.00025, 0.001, 0.001]
+
     Args:
       base: the value tuned at `reference_size`: a number, or a function of
         `t` (a warmup or decay, e.g. an optax schedule).

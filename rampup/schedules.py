@@ -179,6 +179,14 @@ class Rules:
 class Schedule:
     """The global batch size per step, `B(k)`; call it with a step.
 
+    Examples:
+      >>> from rampup import piecewise
+      >>> s = piecewise({0: 16, 100: 32})
+      >>> s(99), s(100)
+      (16, 32)
+      >>> s.starts, s.sizes
+      ((0, 100), (16, 32))
+
     Attributes:
       starts: the first step of each segment (segmented schedules), `starts[0] == 0`.
       sizes: the size of each segment; the last segment never ends.
@@ -251,7 +259,16 @@ class Schedule:
         return self.sizes[bisect.bisect_right(self.starts, step) - 1]
 
     def to_config(self) -> dict[str, Any]:
-        """A dict that `from_config` turns back into an equal schedule (JSON-able)."""
+        """A dict that `from_config` turns back into an equal schedule (JSON-able).
+
+        Examples:
+          >>> from rampup import from_config, stepwise
+          >>> s = stepwise(256, {1000: 0.5}, unit="samples")
+          >>> s.to_config()["boundaries_and_scales"]
+          {'1000': 0.5}
+          >>> from_config(s.to_config()) == s
+          True
+        """
         if self.fn is not None:
             raise ValueError(
                 "a from_fn schedule has no config; use piecewise() or another builder "
@@ -370,6 +387,11 @@ def _build(
 def constant(size: int, **options: Any) -> Schedule:
     """The same size at every step.
 
+    Examples:
+      >>> s = constant(32)
+      >>> s(0), s(10_000)
+      (32, 32)
+
     Args:
       size: the global batch size, an int >= 1.
       **options: `multiple_of`, `min_size`, `max_size`.
@@ -388,6 +410,18 @@ def stepwise(
     **options: Any,
 ) -> Schedule:
     """The xLSTM grain module's rule: the latest boundary's scale applies.
+
+    Examples:
+      >>> s = stepwise(256, {0: 0.25, 1000: 0.5, 2000: 1.0})
+      >>> [s(k) for k in (0, 999, 1000, 2000)]
+      [64, 64, 128, 256]
+
+      With `cumulative=True` the scales multiply, as in optax's
+      `piecewise_constant_schedule`:
+
+      >>> s = stepwise(256, {1000: 2.0, 2000: 2.0}, cumulative=True)
+      >>> [s(k) for k in (0, 1000, 2000)]
+      [256, 512, 1024]
 
     Args:
       batch_size: the base size, used before the first boundary.
@@ -426,6 +460,16 @@ def stepwise(
 def piecewise(sizes: _Sizes, **options: Any) -> Schedule:
     """Absolute sizes, each from its threshold on.
 
+    Examples:
+      >>> print(piecewise({0: 16, 100: 32, 200: 64}))
+      Schedule(piecewise, step -> size {0: 16, 100: 32, 200: 64})
+
+      Thresholds in samples take effect at the first step whose offset
+      reaches them: 100 samples are consumed after 7 steps of 16.
+
+      >>> print(piecewise({0: 16, 100: 32}, unit="samples"))
+      Schedule(piecewise, step -> size {0: 16, 7: 32})
+
     Args:
       sizes: threshold -> size; threshold 0 must be present.
       **options: `unit`, `tokens_per_sample`, `multiple_of`, `min_size`, `max_size`.
@@ -446,6 +490,11 @@ def piecewise(sizes: _Sizes, **options: Any) -> Schedule:
 
 def linear(start: int, increment: int, rampup_samples: int, final: int, **options: Any) -> Schedule:
     """Megatron-LM's `--rampup-batch-size start increment rampup_samples`.
+
+    Examples:
+      >>> s = linear(start=32, increment=32, rampup_samples=1000, final=128)
+      >>> print(s)  # 64 from the step that reaches 334 samples (11 * 32 = 352), 96 from 667
+      Schedule(linear, step -> size {0: 32, 11: 64, 16: 96, 20: 128})
 
     Args:
       start: the size at step 0.
@@ -639,6 +688,15 @@ def from_fn(
     of size changes). A function that takes an int64 array of steps and
     returns an int array of sizes is evaluated in vectorized chunks; any
     other is called once per step.
+
+    Examples:
+      >>> def ramp(step):
+      ...     return 16 if step < 100 else 32
+      >>> s = from_fn(ramp, name="ramp-v1")
+      >>> s(99), s(100)
+      (16, 32)
+      >>> s.segmented  # a Plan evaluates it step by step
+      False
 
     Args:
       fn: returns the global batch size at a step; a pure function of the
@@ -836,6 +894,15 @@ _BUILDERS: dict[str, Callable[..., Schedule]] = {
 
 def from_config(config: Mapping[str, Any]) -> Schedule:
     """Builds a schedule from `{"type": ..., ...}`, as written by `Schedule.to_config`.
+
+    Examples:
+      >>> s = from_config({"type": "piecewise", "sizes": {"0": 16, "1000": 32}})
+      >>> print(s)
+      Schedule(piecewise, step -> size {0: 16, 1000: 32})
+      >>> s = from_config({"type": "linear", "start": 16, "increment": 16,
+      ...                  "rampup_samples": 64, "final": 32})
+      >>> s(3), s(4)  # 64 samples are consumed after 4 steps of 16
+      (16, 32)
 
     Args:
       config: a dict with "type" one of constant, stepwise, piecewise, linear,
