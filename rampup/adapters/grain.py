@@ -54,6 +54,7 @@ __all__ = [
     "RampupDatasetIterator",
     "RampupMapDatasetIterator",
     "RampupMapIterDataset",
+    "RampupPrefetchDatasetIterator",
     "RampupPrefetchIterDataset",
     "RampupIterDataset",
     "RampupMapDataset",
