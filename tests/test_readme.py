@@ -1,6 +1,7 @@
-"""The README stays true: every Python block runs as written and prints what it says.
+"""The README and the documentation stay true: every Python block of README.md and of the
+pages under docs/ runs as written and prints what it says.
 
-Conventions in README.md, read here:
+Conventions in README.md and docs/**/*.md, read here:
 - a ```python block runs alone, as a file in an empty folder, in a fresh interpreter;
 - a line `prints` (or `prints (a note)`) after it, then a fenced block: that block
   is its exact stdout;
@@ -9,7 +10,9 @@ Conventions in README.md, read here:
 - `<!-- readme-test: skip REASON -->` right before a block skips it;
   `<!-- readme-test: torchrun N -->` runs it in N processes under torchrun (the
   processes' lines may come in any order);
-- a block is skipped when a module it imports is not installed.
+- a block is skipped when a module it imports is not installed;
+- the same block on two pages (a quickstart in the README and on its getting-started
+  page) runs once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from rampup.benchmarks.readme_table import BEGIN, END, markdown
+from rampup.benchmarks.docs_table import BEGIN, END, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 MARKER = re.compile(r"<!-- readme-test: (skip|torchrun) (.+?) -->")
 PRINTS = re.compile(r"prints( \(.+\))?")
 COMMAND_PRINTS = re.compile(r"^`(rampup [^`]+)` prints$")
@@ -38,7 +43,7 @@ ADAPTER_NEEDS = {"grain": "grain", "torch": "torch", "tf": "tensorflow", "jax": 
 
 @dataclass
 class Block:
-    """A fenced block of the README, with what follows it."""
+    """A fenced block of a page, with what follows it."""
 
     lang: str
     code: str
@@ -48,15 +53,16 @@ class Block:
     processes: int = 1  # > 1: run under torchrun
     prints: str | None = None
     command: str | None = None  # for "`rampup ...` prints" blocks
+    page: str = "README.md"
 
     @property
     def id(self) -> str:
         slug = re.sub(r"[^a-z0-9]+", "-", self.heading.lower()).strip("-")
-        return f"L{self.line}-{slug}"
+        return f"{self.page}:L{self.line}-{slug}"
 
 
-def parse(text: str) -> list[Block]:
-    """The README's fenced blocks, each with its skip marker and expected output."""
+def parse(text: str, page: str = "README.md") -> list[Block]:
+    """A page's fenced blocks, each with its skip marker and expected output."""
     lines = text.splitlines()
     blocks: list[Block] = []
     heading, i = "top", 0
@@ -69,7 +75,8 @@ def parse(text: str) -> list[Block]:
             heading = line.lstrip("#").strip()
         if line.startswith("```"):
             end = lines.index("```", i + 1)
-            block = Block(line[3:].strip(), "\n".join(lines[i + 1 : end]) + "\n", i + 1, heading)
+            code = "\n".join(lines[i + 1 : end]) + "\n"
+            block = Block(line[3:].strip(), code, i + 1, heading, page=page)
             if pending and pending[0] == "skip":
                 block.skip = pending[1]
             elif pending:
@@ -100,10 +107,22 @@ def parse(text: str) -> list[Block]:
     return blocks
 
 
-BLOCKS = parse(README.read_text())
-PYTHON = [b for b in BLOCKS if b.lang == "python"]
-COMMANDS = [b for b in BLOCKS if b.command] + [
-    Block("bash", "", b.line, b.heading, command=line.split("  #")[0].strip())
+def unique(blocks: list[Block]) -> list[Block]:
+    """The blocks in order, each code, expected output and launch once."""
+    seen: set[tuple[object, ...]] = set()
+    kept = []
+    for b in blocks:
+        key = (b.code, b.prints, b.processes, b.skip, b.command)
+        if key not in seen:
+            seen.add(key)
+            kept.append(b)
+    return kept
+
+
+BLOCKS = [b for page in PAGES for b in parse(page.read_text(), page.relative_to(ROOT).as_posix())]
+PYTHON = unique([b for b in BLOCKS if b.lang == "python"])
+COMMANDS = unique([b for b in BLOCKS if b.command]) + [
+    Block("bash", "", b.line, b.heading, command=line.split("  #")[0].strip(), page=b.page)
     for b in BLOCKS
     if b.lang == "bash"
     for line in b.code.splitlines()
@@ -145,8 +164,9 @@ def ranks_lines(stdout: str, expected: list[str]) -> list[str]:
     return sorted(found + [line.rstrip() for line in rest.splitlines() if line.strip()])
 
 
-def test_the_readme_has_python_blocks_with_outputs_and_a_skip_marker_parses():
+def test_the_pages_have_python_blocks_with_outputs_and_a_skip_marker_parses():
     assert len(PYTHON) >= 20
+    assert {b.page for b in PYTHON} >= {"README.md", "docs/recipes/lightning.md"}
     assert sum(b.prints is not None for b in PYTHON) >= 10
     assert [b.skip for b in parse("<!-- readme-test: skip two ranks -->\n```python\nx\n```\n")] == [
         "two ranks"
@@ -156,12 +176,14 @@ def test_the_readme_has_python_blocks_with_outputs_and_a_skip_marker_parses():
     ] == [2]
     parsed = parse("```python\nprint(1)\n```\n\nprints (a note)\n\n```\n1\n```\n")
     assert len(parsed) == 1 and parsed[0].prints == "1\n"
+    twice = parse("```python\nprint(1)\n```\n", "a.md") + parse("```python\nprint(1)\n```\n")
+    assert [b.page for b in unique(twice)] == ["a.md"]
     assert any(b.processes == 2 for b in PYTHON)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", PYTHON, ids=[b.id for b in PYTHON])
-def test_python_block_runs_and_prints_what_the_readme_says(block, tmp_path):
+def test_python_block_runs_and_prints_what_the_page_says(block, tmp_path):
     if block.skip:
         pytest.skip(block.skip)
     missing = missing_modules(block.code)
@@ -186,7 +208,7 @@ def test_python_block_runs_and_prints_what_the_readme_says(block, tmp_path):
         # block: run it once more.
         if out.returncode == 0 or "rendezvous" not in out.stderr:
             break
-    assert out.returncode == 0, f"README line {block.line}:\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{block.page} line {block.line}:\n{out.stderr[-3000:]}"
     if block.prints is not None:
         if block.processes > 1:
             expected = lines_of(block.prints, any_order=True)
@@ -195,8 +217,10 @@ def test_python_block_runs_and_prints_what_the_readme_says(block, tmp_path):
             assert lines_of(out.stdout) == lines_of(block.prints)
 
 
-@pytest.mark.parametrize("block", COMMANDS, ids=[f"L{b.line}-{b.command}" for b in COMMANDS])
-def test_rampup_command_runs_and_prints_what_the_readme_says(block, tmp_path):
+@pytest.mark.parametrize(
+    "block", COMMANDS, ids=[f"{b.page}:L{b.line}-{b.command}" for b in COMMANDS]
+)
+def test_rampup_command_runs_and_prints_what_the_page_says(block, tmp_path):
     if "--plot" in block.command and importlib.util.find_spec("matplotlib") is None:
         pytest.skip("needs matplotlib")
     if ".yaml" in block.command and importlib.util.find_spec("yaml") is None:
@@ -210,13 +234,13 @@ def test_rampup_command_runs_and_prints_what_the_readme_says(block, tmp_path):
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0, f"README line {block.line}:\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, f"{block.page} line {block.line}:\n{out.stderr[-3000:]}"
     if block.prints is not None:
         assert lines_of(out.stdout) == lines_of(block.prints)
 
 
-def test_schedule_files_shown_in_the_readme_are_the_shipped_ones():
-    text = README.read_text()
+def test_schedule_files_shown_in_the_docs_are_the_shipped_ones():
+    text = (DOCS / "guides" / "command.md").read_text()
     for name in ("ramp.yaml", "ramp.toml", "ramp.json"):
         shipped = (ROOT / "examples" / name).read_text()
         assert f"```{name.split('.')[1]}\n{shipped}```" in text, name
@@ -224,7 +248,7 @@ def test_schedule_files_shown_in_the_readme_are_the_shipped_ones():
 
 def test_benchmark_table_is_the_one_rendered_from_the_results_file():
     rows = json.loads((ROOT / "rampup" / "benchmarks" / "results.json").read_text())
-    assert f"{BEGIN}\n{markdown(rows)}\n{END}" in README.read_text()
+    assert f"{BEGIN}\n{markdown(rows)}\n{END}" in (DOCS / "benchmarks.md").read_text()
     assert len(rows) == len(markdown(rows).splitlines()) - 2
 
 
@@ -233,11 +257,43 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
-def test_table_of_contents_links_point_at_headings():
+def anchors(text: str) -> set[str]:
+    """The anchors of a page's headings (outside code blocks), a repeat numbered as GitHub
+    and mkdocs (with pymdownx's slugify, mkdocs.yml) number it."""
+    found: set[str] = set()
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and re.match(r"#{1,6} ", line):
+            name, n = anchor(line.lstrip("#").strip()), 0
+            while (name if n == 0 else f"{name}-{n}") in found:
+                n += 1
+            found.add(name if n == 0 else f"{name}-{n}")
+    return found
+
+
+def links(text: str) -> list[str]:
+    """The targets of a page's markdown links outside code blocks, web addresses left out."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", prose) if "://" not in t]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
+def test_links_point_at_pages_and_headings_that_exist(page):
+    broken = []
+    for target in links(page.read_text()):
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        if not linked.is_file() or (fragment and fragment not in anchors(linked.read_text())):
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_readme_is_short_and_links_into_every_part_of_the_docs():
     text = README.read_text()
-    anchors = {
-        anchor(line.lstrip("#").strip()) for line in text.splitlines() if re.match(r"#{1,4} ", line)
-    }
-    links = re.findall(r"\]\(#([^)]+)\)", text)
-    assert len(links) >= 15
-    assert [link for link in links if link not in anchors] == []
+    assert len(text.splitlines()) <= 300
+    linked = {target.partition("#")[0] for target in links(text)}
+    for part in ("getting-started", "recipes", "concepts", "guides", "reference"):
+        assert any(t.startswith(f"docs/{part}/") for t in linked), part
+    assert {"docs/migrating-xlstm.md", "docs/benchmarks.md", "CONTRIBUTING.md"} <= linked

@@ -1,4 +1,4 @@
-"""The README's recipes, each run with its real client: accelerate, Lightning,
+"""The recipes of docs/recipes/, each run with its real client: accelerate, Lightning,
 torchdata's StatefulDataLoader, orbax with grain's checkpoint handlers."""
 
 import json
@@ -32,17 +32,14 @@ def whole_batches(num_epochs=1, shuffle_seed=1) -> list[list[float]]:
     return [b[:, 0].tolist() for b in batches]
 
 
-# accelerate: the README's recipe, run by the README's own `accelerate launch` command.
+# accelerate: the recipe page's script, run by the page's own `accelerate launch` command.
 
-README = ROOT / "README.md"
+RECIPES = ROOT / "docs" / "recipes"
 
 
-def readme_section(heading: str) -> str:
-    """The text of the README's `### heading` subsection."""
-    text = README.read_text()
-    start = text.index(f"### {heading}\n")
-    end = text.find("\n#", start + 1)
-    return text[start : end if end != -1 else len(text)]
+def recipe_page(name: str) -> str:
+    """The text of docs/recipes/NAME.md."""
+    return (RECIPES / f"{name}.md").read_text()
 
 
 def fenced(section: str, lang: str) -> list[str]:
@@ -63,7 +60,7 @@ def fenced(section: str, lang: str) -> list[str]:
 def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int):
     """Runs the section's `accelerate launch` line with check.py for its train.py.
 
-    The README's script is saved as train.py next to check.py, which runs it as
+    The page's script is saved as train.py next to check.py, which runs it as
     written and then again through its functions with what the test reads recorded.
     The line runs as it is: its `--main_process_port 0` has accelerate pick a free port,
     and the fixture runs it again if another process takes that port in between.
@@ -81,7 +78,7 @@ def launch_in(tmp_path, section: str, check: str, run_on_free_port, timeout: int
 
     started = []
 
-    def launch(port):  # the README's port 0, not the fixture's port
+    def launch(port):  # the page's port 0, not the fixture's port
         command = [str(pathlib.Path(sys.executable).with_name("accelerate")), *argv[1:]]
         command[-1] = "check.py"
         started.append(
@@ -119,7 +116,7 @@ import rampup
 from rampup.adapters.torch import RampupBatchSampler, RampupIterableDataset
 
 if __name__ == "__main__":
-    runpy.run_path("train.py", run_name="__main__")  # the README's script as written
+    runpy.run_path("train.py", run_name="__main__")  # the page's script as written
     recipe = runpy.run_path("train.py")  # its functions, with the rows recorded
     accelerator = Accelerator(cpu=True)
     model, optimizer, loader = recipe["build"](accelerator)
@@ -145,7 +142,7 @@ if __name__ == "__main__":
             refused[method] = [b.tolist() for b in prepared]  # what it yields unrefused
         except ValueError as error:
             refused[method] = str(error)
-    # The one path that is not refused (the README says so): dispatch_batches=True.
+    # The one path that is not refused (the recipe page says so): dispatch_batches=True.
     dispatched = prepare_data_loader(
         DataLoader(np.arange(60), batch_sampler=RampupBatchSampler(60, small, num_epochs=1)),
         dispatch_batches=True, put_on_device=True)
@@ -176,7 +173,7 @@ def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refus
     tmp_path, run_on_free_port
 ):
     pytest.importorskip("accelerate")
-    section = readme_section("Hugging Face `accelerate`")
+    section = recipe_page("accelerate")
     recipe = fenced(section, "python")[0]
     # The oracle's parameters are the recipe's: it must still say them.
     assert "rampup.piecewise({0: 16, 4: 32}, multiple_of=accelerator.num_processes)" in recipe
@@ -185,7 +182,7 @@ def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refus
     )
     assert "torch.randn(1_000, 8," in recipe
     reports, log = launch_in(tmp_path, section, ACCELERATE_CHECK, run_on_free_port, timeout=150)
-    # Two processes really ran, and printed what the README says.
+    # Two processes really ran, and printed what the page says.
     assert rank_lines(log) == sorted(fenced(section, "")[-1].strip().splitlines())
     schedule = rampup.piecewise({0: 16, 4: 32}, multiple_of=2)
     whole = [
@@ -202,7 +199,7 @@ def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refus
             message = r["refused"][method]
             assert isinstance(message, str), f"{method}: not refused, yielded {message}"
             assert "Do not pass this DataLoader to accelerator.prepare()" in message
-    # dispatch_batches=True loses data, as the README warns.
+    # dispatch_batches=True loses data, as the recipe page warns.
     small = [
         b.tolist()
         for b in rampup.RampupBatches(
@@ -214,14 +211,14 @@ def test_accelerate_recipe_with_its_launch_command_is_exact_and_prepare_is_refus
     assert dispatched != small
 
 
-# transformers.Trainer: the README's recipe under the same launch command.
+# transformers.Trainer: the recipe page's script under the same launch command.
 
 TRAINER_CHECK = """
 import json, runpy, types
 from transformers import Trainer
 
 if __name__ == "__main__":
-    runpy.run_path("train.py", run_name="__main__")  # the README's script as written
+    runpy.run_path("train.py", run_name="__main__")  # the page's script as written
     recipe = runpy.run_path("train.py")  # its functions, with rows and losses recorded
 
     def run(output_dir, resume=None, trainer_skips=False, **arguments):
@@ -257,7 +254,7 @@ def test_trainer_recipe_trains_on_the_global_batches_and_resumes_exactly(
     tmp_path, run_on_free_port
 ):
     pytest.importorskip("transformers")
-    section = readme_section("Hugging Face `transformers.Trainer`")
+    section = recipe_page("transformers-trainer")
     recipe = fenced(section, "python")[0]
     assert "rampup.piecewise({0: 8, 3: 16, 6: 32}, multiple_of=args.world_size)" in recipe
     assert "torch.randn(1_000, 8," in recipe and "shuffle=True" in recipe

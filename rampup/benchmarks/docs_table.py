@@ -1,10 +1,10 @@
-"""The README's benchmark table, rendered from `rampup bench --json` output.
+"""The benchmark table of docs/benchmarks.md, rendered from `rampup bench --json` output.
 
-    rampup bench --json results.json
-    python -m rampup.benchmarks.readme_table results.json --readme README.md
+    rampup bench --json rampup/benchmarks/results.json
+    python -m rampup.benchmarks.docs_table rampup/benchmarks/results.json --page docs/benchmarks.md
 
-prints the markdown table; with `--readme` it also replaces the table between the
-README's `<!-- bench-table:begin -->` and `<!-- bench-table:end -->` markers.
+prints the markdown table; with `--page` it also replaces the table between the page's
+`<!-- bench-table:begin -->` and `<!-- bench-table:end -->` markers.
 """
 
 from __future__ import annotations
@@ -44,24 +44,24 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_table(readme: str, table: str) -> str:
-    """`readme` with the text between the markers replaced by `table`."""
+def replace_table(page: str, table: str) -> str:
+    """`page` (a Markdown text) with the text between the markers replaced by `table`."""
     pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
-    if len(pattern.findall(readme)) != 1:
-        raise ValueError(f"the README needs exactly one {BEGIN} ... {END} block")
-    return pattern.sub(lambda _: f"{BEGIN}\n{table}\n{END}", readme)
+    if len(pattern.findall(page)) != 1:
+        raise ValueError(f"the page needs exactly one {BEGIN} ... {END} block")
+    return pattern.sub(lambda _: f"{BEGIN}\n{table}\n{END}", page)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Prints the table of a results file; `--readme PATH` also writes it into that file."""
+    """Prints the table of a results file; `--page PATH` also writes it into that page."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("results", help="the JSON file that `rampup bench --json` wrote")
-    p.add_argument("--readme", metavar="PATH", help="replace the table in this README")
+    p.add_argument("--page", metavar="PATH", help="replace the table in this Markdown page")
     args = p.parse_args(argv)
     table = markdown(json.loads(pathlib.Path(args.results).read_text()))
     print(table)
-    if args.readme:
-        path = pathlib.Path(args.readme)
+    if args.page:
+        path = pathlib.Path(args.page)
         path.write_text(replace_table(path.read_text(), table))
 
 
