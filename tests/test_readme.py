@@ -279,14 +279,28 @@ def links(text: str) -> list[str]:
     return [t for t in re.findall(r"\]\(([^)\s]+)\)", prose) if "://" not in t]
 
 
+def reference_anchors(text: str) -> set[str]:
+    """The anchors of a reference page (`::: module`): the module and its public names."""
+    [module] = re.findall(r"^::: ([\w.]+)$", text, re.M)
+    path = ROOT.joinpath(*module.split("."))
+    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
+    [names] = re.findall(r"^__all__ = \[(.*?)\]", source, re.M | re.S)
+    return {module} | {f"{module}.{name}" for name in re.findall(r'"(\w+)"', names)}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
 def test_links_point_at_pages_and_headings_that_exist(page):
     broken = []
     for target in links(page.read_text()):
         path, _, fragment = target.partition("#")
         linked = (page.parent / path).resolve() if path else page
-        if not linked.is_file() or (fragment and fragment not in anchors(linked.read_text())):
+        if not linked.is_file():
             broken.append(target)
+        elif fragment:
+            text = linked.read_text()
+            reference = text.startswith(":::")
+            if fragment not in (reference_anchors(text) if reference else anchors(text)):
+                broken.append(target)
     assert broken == []
 
 
