@@ -15,10 +15,10 @@ from typing import Any, Protocol, cast
 import numpy as np
 
 from rampup.collate import default_collate
+from rampup.iterator import ScheduledIterator
 from rampup.permutation import ALGORITHM as SHUFFLE_ALGORITHM
 from rampup.permutation import permute
 from rampup.plan import Plan, WorkerStride
-from rampup.protocol import ScheduledIterator
 from rampup.schedules import Schedule, check_count, check_flag
 
 # The version names the shuffle too: 2 is `rampup.permutation.ALGORITHM`, where 1 was a
@@ -229,9 +229,20 @@ class RampupBatches:
         return self.plan.schedule
 
     def __len__(self) -> int:
-        if self.end is None:
+        count = self.steps_left()
+        if count is None:
             raise TypeError("endless RampupBatches (num_epochs=None) has no len()")
-        return self.plan.num_batches(self.end, self.drop_remainder)
+        return count
+
+    def steps_left(self, step: int = 0, shift: int = 0) -> int | None:
+        """How many batches an iteration from `step` yields (positions moved by `shift`).
+
+        The one batch count of finite data: `len()` here, and the length of the
+        adapters' datasets and samplers. None when the data is endless.
+        """
+        if self.end is None:
+            return None
+        return max(0, self.plan.num_batches(self.end - shift, self.drop_remainder) - step)
 
     def check_end(self, shift: int = 0, start: int | None = None) -> None:
         """Checks, up front, that every batch this process will build splits evenly.
@@ -241,20 +252,14 @@ class RampupBatches:
         position). With `start=None` (a pipeline built before its start is known)
         some step must be legal: the last batch must split.
         """
-        last = (
-            None if self.end is None else self.plan.last_batch(self.end, self.drop_remainder, shift)
+        self.plan.check_processes(
+            self.process_index,
+            self.process_count,
+            start=start,
+            end=self.end,
+            drop_remainder=self.drop_remainder,
+            shift=shift,
         )
-        if last is None:
-            self.plan.check_processes(
-                self.process_index,
-                self.process_count,
-                None if self.end is None else 0,
-                start=start,
-            )
-            return
-        step, _ = last
-        self.plan.check_processes(self.process_index, self.process_count, step, start=start)
-        self.window(step, shift)
 
     def check_start(self, step: int, shift: int = 0) -> None:
         """Checks that an iteration from `step` builds only sizes this process layout splits.
@@ -459,9 +464,15 @@ class BatchIterator(ScheduledIterator):
         window = self.batches.window(self._step, self._shift)
         if window is None:
             raise StopIteration
-        batch = self.batches.fetch(*window)
+        batch = self.fetch(*window)
         self._step += self.worker_count
         return batch
+
+    def fetch(self, start: int, stop: int) -> Any:
+        """What the iterator yields for this process's positions `[start, stop)` of a step:
+        the batch (`RampupBatches.fetch`). A subclass that yields something else of the
+        same steps (a batch sampler's index lists) overrides it."""
+        return self.batches.fetch(start, stop)
 
     def get_state(self) -> dict[str, Any]:
         """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from rampup.schedules import Schedule, check_count, nearest_multiples
+from rampup.schedules import Schedule, check_count, not_divisible
 
 FN_CHUNK = 65536  # steps of a from_fn schedule evaluated per vectorized call
 
@@ -325,14 +325,8 @@ class Plan:
             if global_stop > end:
                 remainder = end - global_start
                 if remainder % process_count:
-                    raise not_divisible(
-                        remainder,
-                        process_count,
-                        f"in the last batch (step {step}, cut "
-                        f"short by the end of the data at position {end})",
-                        f"process_count={process_count}",
-                        "pass drop_remainder=True, or a source length that leaves a "
-                        "divisible remainder",
+                    raise cut_short(
+                        remainder, process_count, step, end, f"process_count={process_count}"
                     )
                 share = remainder // process_count
                 return (
@@ -358,6 +352,62 @@ class Plan:
         begin = self.offset(step) + shift
         return step, min(self.size(step), end - begin)
 
+    def check_last_batch(
+        self,
+        end: int,
+        divisor: int,
+        what: str,
+        *,
+        drop_remainder: bool = False,
+        shift: int = 0,
+    ) -> int:
+        """Checks that a last batch cut short by `end` splits `divisor` ways.
+
+        The one check of a partial last batch: a layout (processes, micro-batches,
+        a data axis) holds equal shares of it too, so its size must be a multiple
+        of `divisor`. The whole batches before it are the caller's layout check.
+
+        Args:
+          end: the stream position where the data ends.
+          divisor: what the size of a cut-short last batch must be a multiple of.
+          what: the divisor in words, e.g. "process_count=2".
+          drop_remainder: a cut-short last batch is left out (nothing to check).
+          shift: as in `local_window`.
+
+        Returns:
+          How many steps hold a whole batch: the `until_step` of the caller's check.
+
+        Raises:
+          ValueError: the cut-short last batch does not split, naming its step and size.
+        """
+        last = self.last_batch(end, drop_remainder, shift)
+        if last is None:
+            return 0
+        step, size = last
+        if size == self.size(step):
+            return step + 1
+        if size % divisor:
+            raise cut_short(size, divisor, step, end, what)
+        return step
+
+    def offsets(self, steps: Any) -> np.ndarray:
+        """`O(k)` of many steps at once, as an int64 array of the shape of `steps`.
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> Plan(piecewise({0: 4, 2: 8})).offsets([0, 1, 2, 3, 5]).tolist()
+          [0, 4, 8, 16, 32]
+        """
+        steps = np.asarray(steps, dtype=np.int64)
+        if not steps.size:
+            return steps.copy()
+        check_count(int(steps.min()), "step")
+        self.offset(int(steps.max()))  # grows a from_fn schedule; refuses an undecided step
+        i = np.searchsorted(np.asarray(self._starts, np.int64), steps, side="right") - 1
+        starts = np.asarray(self._starts, np.int64)[i]
+        sizes = np.asarray(self._sizes, np.int64)[i]
+        return np.asarray(self._offsets, np.int64)[i] + (steps - starts) * sizes
+
     def check_processes(
         self,
         process_index: int,
@@ -365,6 +415,9 @@ class Plan:
         until_step: int | None = None,
         *,
         start: int | None = 0,
+        end: int | None = None,
+        drop_remainder: bool = False,
+        shift: int = 0,
     ) -> tuple[int, int]:
         """Checks a process slice up front: valid index and count, every size it runs divisible.
 
@@ -380,17 +433,27 @@ class Plan:
           until_step: check the steps before it only (data that ends); None: all.
           start: the step the pipeline starts or resumes at; None when it is not
             known yet (a pipeline built before a state is restored into it).
+          end: the position where the data ends, instead of `until_step`: the
+            whole batches before it are checked, and a last one cut short by it
+            (`check_last_batch`, with `drop_remainder` and `shift`).
+          drop_remainder: with `end`, a cut-short last batch is left out.
+          shift: with `end`, as in `local_window`.
 
         Returns:
-          `(process_index, process_count)` as ints.
+          `ProcessLayout(process_index, process_count)` of ints.
         """
         process_index, process_count = _process(process_index, process_count)
-        self.check_layout(
-            process_count, f"process_count={process_count}", start=start, until_step=until_step
-        )
-        return process_index, process_count
+        what = f"process_count={process_count}"
+        if end is not None:
+            until_step = self.check_last_batch(
+                end, process_count, what, drop_remainder=drop_remainder, shift=shift
+            )
+        self.check_layout(process_count, what, start=start, until_step=until_step)
+        return ProcessLayout(process_index, process_count)
 
-    def microbatches(self, step: int, microbatch_size: int, process_count: int = 1) -> int:
+    def microbatches(
+        self, step: int, microbatch_size: int, process_count: int = 1, *, rows: int | None = None
+    ) -> int:
         """How many micro-batches of `microbatch_size` rows each process gets at `step`.
 
         Examples:
@@ -399,14 +462,22 @@ class Plan:
           >>> plan.microbatches(0, 8), plan.microbatches(100, 8), plan.microbatches(100, 8, 2)
           (2, 4, 2)
 
+        Args:
+          step: the step.
+          microbatch_size: rows in one micro-batch of one process.
+          process_count: how many processes split the batch.
+          rows: this process's rows at `step` when they are not its share of
+            `B(step)` (a last batch cut short by the end of a stream).
+
         Returns:
-          `B(step) / (microbatch_size * process_count)`.
+          `B(step) / (microbatch_size * process_count)`, or `rows / microbatch_size`.
 
         Raises:
           ValueError: the size is not a multiple of `microbatch_size * process_count`,
             naming the step and the nearest valid sizes.
         """
-        return microbatch_count(self.size(step), f"at step {step}", microbatch_size, process_count)
+        size = self.size(step) if rows is None else rows * process_count
+        return microbatch_count(size, f"at step {step}", microbatch_size, process_count)
 
     def check_microbatches(
         self,
@@ -415,23 +486,29 @@ class Plan:
         until_step: int | None = None,
         *,
         start: int | None = 0,
+        end: int | None = None,
+        drop_remainder: bool = False,
+        shift: int = 0,
     ) -> int:
         """Checks up front that every size run from `start` splits into micro-batches.
 
         Every size in `[start, until_step)` must be a multiple of `microbatch_size *
         process_count` (each process takes `B / process_count` rows, in micro-batches
-        of `microbatch_size`). `start` and `until_step` are as in `check_processes`;
-        a `from_fn` schedule without `until_step` is checked as each step is built.
+        of `microbatch_size`). `start`, `until_step`, `end`, `drop_remainder` and
+        `shift` are as in `check_processes`; a `from_fn` schedule without
+        `until_step` (or `end`) is checked as each step is built.
 
         Returns:
           `microbatch_size` as an int.
         """
         microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
         process_count = check_count(process_count, "process_count", 1)
-        what = f"microbatch_size={microbatch_size}"
-        if process_count > 1:
-            what += f" x process_count={process_count}"
-        self.check_layout(microbatch_size * process_count, what, start=start, until_step=until_step)
+        unit, what = _microbatch_unit(microbatch_size, process_count)
+        if end is not None:
+            until_step = self.check_last_batch(
+                end, unit, what, drop_remainder=drop_remainder, shift=shift
+            )
+        self.check_layout(unit, what, start=start, until_step=until_step)
         return microbatch_size
 
     def divisible_from(self, divisor: int, *, until_step: int | None = None) -> int | None:
@@ -739,26 +816,6 @@ def _share(size: int, step: int, process_count: int) -> int:
     return size // process_count
 
 
-def not_divisible(size: int, divisor: int, where: str, what: str, fix: str) -> ValueError:
-    """The one "not divisible" error: the size, where it occurs, the divisor and the valid sizes.
-
-    Args:
-      size: the size that does not divide.
-      divisor: what it must be a multiple of.
-      where: where the size occurs, e.g. "at step 40" or "in the last batch (step 9)".
-      what: the divisor's description, e.g. "process_count=2".
-      fix: what to change, one clause.
-
-    Returns:
-      The `ValueError` to raise.
-    """
-    valid = ", ".join(map(str, nearest_multiples(size, divisor)))
-    return ValueError(
-        f"batch size {size} {where} is not divisible by {what}; every size must be a multiple "
-        f"of {divisor} (nearest valid sizes: {valid}); {fix}"
-    )
-
-
 class WorkerStride(NamedTuple):
     """The steps one worker builds.
 
@@ -819,11 +876,8 @@ def microbatch_count(
     Raises:
       ValueError: the division is not exact (the `not_divisible` error).
     """
-    unit = microbatch_size * process_count
+    unit, what = _microbatch_unit(microbatch_size, process_count)
     if size % unit:
-        what = f"microbatch_size={microbatch_size}"
-        if process_count > 1:
-            what += f" x process_count={process_count}"
         raise not_divisible(
             size,
             unit,
@@ -832,6 +886,92 @@ def microbatch_count(
             fix or (f"build the schedule with multiple_of={unit} to catch this up front"),
         )
     return size // unit
+
+
+def _microbatch_unit(microbatch_size: int, process_count: int) -> tuple[int, str]:
+    """What every size must be a multiple of for micro-batches, and that divisor in words."""
+    what = f"microbatch_size={microbatch_size}"
+    if process_count > 1:
+        what += f" x process_count={process_count}"
+    return microbatch_size * process_count, what
+
+
+def cut_short(size: int, divisor: int, step: int, end: int, what: str) -> ValueError:
+    """The error of a last batch that the end of the data cut short to a size `divisor`
+    does not split (the `not_divisible` error, with the fix for finite data)."""
+    return not_divisible(
+        size,
+        divisor,
+        f"in the last batch (step {step}, cut short by the end of the data at position {end})",
+        what,
+        "pass drop_remainder=True, or a source length that leaves a divisible remainder",
+    )
+
+
+class ProcessLayout(NamedTuple):
+    """Where this process's rows sit in every global batch.
+
+    Process `process_index` of `process_count` holds rows `[i * B / n, (i + 1) * B / n)`
+    of a batch of `B` (`Plan.local_bounds`). The core's one name for a process's
+    identity; torch's `rank` / `world_size` are the same two numbers.
+    """
+
+    process_index: int
+    process_count: int
+
+    @classmethod
+    def given(
+        cls,
+        process_index: int | None,
+        process_count: int | None,
+        default: Callable[[], tuple[int, int]],
+        default_name: str = "the framework's default",
+    ) -> ProcessLayout:
+        """Both numbers as given, or `default()` when neither is; one without the other raises.
+
+        `default_name` names the default in that error.
+        """
+        if process_index is None and process_count is None:
+            return cls(*default())
+        if process_index is None or process_count is None:
+            raise ValueError(
+                f"give both process_index and process_count or neither (got process_index="
+                f"{process_index}, process_count={process_count}); with neither, they come "
+                f"from {default_name}"
+            )
+        return cls(process_index, process_count)
+
+    @classmethod
+    def of_shards(cls, shards: Iterable[int], shard_count: int) -> ProcessLayout:
+        """The layout of a process that holds the batch shards `shards` of `shard_count`.
+
+        The batch axis is cut into `shard_count` equal shards; a process that holds
+        `m` of them holds `1 / (shard_count / m)` of every batch, at its place among
+        the others: its shards must be `m` consecutive ones starting at a multiple of
+        `m`, or its rows are not one slice of the batch.
+
+        Examples:
+          >>> ProcessLayout.of_shards([4, 5], 8)
+          ProcessLayout(process_index=2, process_count=4)
+
+        Raises:
+          ValueError: the shards are not such a run.
+        """
+        held = sorted(set(shards))
+        local = len(held)
+        if (
+            not local
+            or shard_count % local
+            or held[0] % local
+            or held != list(range(held[0], held[0] + local))
+        ):
+            raise ValueError(
+                f"this process holds batch shards {held} of {shard_count}: not one run of "
+                "consecutive shards starting at a multiple of their number, so its rows are "
+                "not one slice of every global batch. Order the mesh's devices so that each "
+                "process's devices are consecutive along the batch axis"
+            )
+        return cls(held[0] // local, shard_count // local)
 
 
 def budget_samples(samples: int | None, tokens: int | None, tokens_per_sample: int | None) -> int:

@@ -1,77 +1,77 @@
-"""The protocol of every rampup batch iterator.
+"""The interface an adapter author builds on.
 
-Consumers of batches (JAX placement, tf.data) check a source's layout and step
-through this protocol instead of guessing at its attributes. Every batch
-iterator of this library implements it: the core's `BatchIterator` and
-`StreamBatcher`, the grain iterators and the PyTorch iterators. Anything else
-is a foreign iterable, whose layout and step a consumer cannot check.
+An adapter converts types; it never re-implements schedule, index or state
+logic. It imports the public API (`rampup`, e.g. `Plan`, `RampupBatches`,
+`StreamBatcher`) and, for everything else it needs from the core, this
+module only: the names below are exported on purpose and stay stable for
+adapters; anything not listed here is an internal of the core.
+
+- Iterators: `ScheduledIterator`, the protocol every batch iterator exposes
+  (`plan`, `step`, `process_index`, `process_count`, `end`, `drop_remainder`,
+  `shift`, `get_state`/`set_state`); `WorkerStride`, the steps one loader
+  worker builds.
+- State: `make_state` and `read_state`, the one checkpoint format, and its keys
+  as constants (`VERSION_KEY`, `STEP_KEY`, `POSITION_KEY`, `SCHEDULE_KEY`,
+  `PARENT_KEY`; `STATE_VERSION`).
+- Layout arithmetic: `ProcessLayout` (the one name of a process's place in a
+  global batch), `microbatch_count`, and the errors every layout check raises,
+  `not_divisible` and `cut_short`. `Plan` itself answers the rest
+  (`local_window`, `microbatches`, `check_processes`, `check_microbatches`,
+  `check_last_batch`, `offsets`).
+- Arguments: `as_plan`, `check_count`, `check_flag`, `check_policy`,
+  `check_collate`, validated as every rampup class validates them.
+- Collate: `mapping_like`, `Allocate` (stacking into memory the adapter
+  provides) and `spec` (a batch's structure, for error messages).
+- Hyperparameters: `resolve`, which checks `rampup.scaled`'s arguments once
+  and returns a `Scaling`, whose `segment_table()` a compiled learning-rate
+  schedule looks its segments up in (`SegmentTable`).
+
+See docs/concepts/adapters.md for a worked example.
 """
 
-from __future__ import annotations
+from rampup.batching import (
+    PARENT_KEY,
+    POSITION_KEY,
+    SCHEDULE_KEY,
+    STATE_VERSION,
+    STEP_KEY,
+    VERSION_KEY,
+    as_plan,
+    check_collate,
+    check_policy,
+    make_state,
+    read_state,
+)
+from rampup.collate import Allocate, mapping_like, spec
+from rampup.iterator import ScheduledIterator
+from rampup.plan import ProcessLayout, WorkerStride, cut_short, microbatch_count
+from rampup.scaling import Scaling, SegmentTable, resolve
+from rampup.schedules import check_count, check_flag, not_divisible
 
-import abc
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-from rampup.plan import Plan
-
-if TYPE_CHECKING:
-    from rampup.batching import RampupBatches
-
-
-class ScheduledIterator(Iterator[Any], abc.ABC):
-    """An iterator of this process's slices of scheduled global batches.
-
-    Attributes:
-      plan: the step <-> position arithmetic of its schedule.
-      process_index: this process's index among `process_count`.
-      process_count: how many processes split every global batch.
-      end: the stream position where the data ends; None when endless or unknown.
-      drop_remainder: whether a last batch cut short by `end` is left out.
-    """
-
-    plan: Plan
-    process_index: int
-    process_count: int
-    end: int | None = None
-    drop_remainder: bool = False
-    _shift: int = 0
-
-    def describe(self, batches: RampupBatches) -> None:
-        """Takes the plan, layout and end of the random-access batches it iterates."""
-        self.plan = batches.plan
-        self.process_index, self.process_count = batches.process_index, batches.process_count
-        self.end, self.drop_remainder = batches.end, batches.drop_remainder
-
-    @property
-    @abc.abstractmethod
-    def step(self) -> int:
-        """The step of the next batch this iterator yields."""
-
-    @abc.abstractmethod
-    def get_state(self) -> dict[str, Any]:
-        """The checkpoint state of the next step: a JSON-serializable dict."""
-
-    @abc.abstractmethod
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continues from a state written by `get_state`."""
-
-    @property
-    def layout(self) -> tuple[int, int]:
-        """`(process_index, process_count)`: where this process's rows sit in a global batch."""
-        return self.process_index, self.process_count
-
-    @property
-    def shift(self) -> int:
-        """How far the stream is moved from the plan's offsets (a restore that kept its data
-        position under a changed schedule); 0 otherwise."""
-        return self._shift
-
-    def last_batch(self) -> tuple[int, int] | None:
-        """The `(step, global size)` of the last batch.
-
-        None when the stream never ends (or its end is unknown) or holds no batch.
-        """
-        if self.end is None:
-            return None
-        return self.plan.last_batch(self.end, self.drop_remainder, self.shift)
+__all__ = [
+    "PARENT_KEY",
+    "POSITION_KEY",
+    "SCHEDULE_KEY",
+    "STATE_VERSION",
+    "STEP_KEY",
+    "VERSION_KEY",
+    "Allocate",
+    "ProcessLayout",
+    "Scaling",
+    "ScheduledIterator",
+    "SegmentTable",
+    "WorkerStride",
+    "as_plan",
+    "check_collate",
+    "check_count",
+    "check_flag",
+    "check_policy",
+    "cut_short",
+    "make_state",
+    "mapping_like",
+    "microbatch_count",
+    "not_divisible",
+    "read_state",
+    "resolve",
+    "spec",
+]

@@ -18,7 +18,7 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,6 +46,22 @@ def _as_real(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+class SegmentTable(NamedTuple):
+    """`Scaling.segment_table()`: one entry per segment of the batch schedule.
+
+    Attributes:
+      first_steps: the first step of each segment (int64).
+      t_offsets: `t` at each segment's first step (0 for `unit="steps"`).
+      t_per_step: how much `t` grows per step inside the segment (0 for steps).
+      factors: `rule(size / reference_size)` of each segment.
+    """
+
+    first_steps: np.ndarray
+    t_offsets: np.ndarray
+    t_per_step: np.ndarray
+    factors: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,27 @@ class Scaling:
             (s.first_step, s.offset, s.size, self.factor(s.size, s.first_step))
             for s in self.plan.segments()
         ]
+
+    def segment_table(self) -> SegmentTable:
+        """The segments as arrays, for a compiled lookup (optax, Keras, tf).
+
+        A step `k` finds its segment `i` by `searchsorted(first_steps, k, "right") - 1`;
+        then `t(k) = t_offsets[i] + (k - first_steps[i]) * t_per_step[i]` (for
+        `unit="steps"`, `t` is `k` itself) and the value is `base(t(k)) * factors[i]`.
+        The float arrays are float64; an adapter casts them to its float type.
+
+        Raises:
+          ValueError: as `segment_factors`.
+        """
+        segments = self.segment_factors()
+        # t per sample: 0 for steps (t is the step itself), 1 for samples, tokens per sample.
+        per_t = 0 if self.unit == "steps" else self.tokens_per_sample or 1
+        return SegmentTable(
+            np.array([s[0] for s in segments], np.int64),
+            np.array([float(s[1] * per_t) for s in segments]),
+            np.array([float(s[2] * per_t) for s in segments]),
+            np.array([s[3] for s in segments]),
+        )
 
     def t(self, step: int) -> int:
         """What `base` is a function of at `step`: the step, `O(step)` or its tokens."""

@@ -55,6 +55,26 @@ def nearest_multiples(size: int, multiple: int) -> tuple[int, ...]:
     return tuple(v for v in (lower, lower + multiple) if v >= 1)
 
 
+def not_divisible(size: int, divisor: int, where: str, what: str, fix: str) -> ValueError:
+    """The one "not divisible" error: the size, where it occurs, the divisor and the valid sizes.
+
+    Args:
+      size: the size that does not divide.
+      divisor: what it must be a multiple of.
+      where: where the size occurs, e.g. "at step 40" or "in the last batch (step 9)".
+      what: the divisor's description, e.g. "process_count=2".
+      fix: what to change, one clause.
+
+    Returns:
+      The `ValueError` to raise.
+    """
+    valid = ", ".join(map(str, nearest_multiples(size, divisor)))
+    return ValueError(
+        f"batch size {size} {where} is not divisible by {what}; every size must be a multiple "
+        f"of {divisor} (nearest valid sizes: {valid}); {fix}"
+    )
+
+
 def check_count(value: Any, what: str, minimum: int = 0) -> int:
     """Returns `value` as an int >= `minimum` (a step, a sample count, a seed)."""
     if type(value) is int and value >= minimum:  # the common case, on every batch
@@ -148,8 +168,6 @@ class Rules:
         """Returns `size` if it meets the rules at `step`; raises ValueError otherwise."""
         size = check_size(size, f"step {step}")
         if size % self.multiple_of:
-            from rampup.plan import not_divisible  # plan imports this module
-
             raise not_divisible(
                 size,
                 self.multiple_of,

@@ -21,28 +21,23 @@ from typing import Any
 import grain
 import numpy as np
 
-try:  # where grain's own batch stacks into shared memory for mp_prefetch (grain 0.2.x)
-    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
-except ImportError:  # another layout: workers' batches are copied to shared memory by grain
-    SharedMemoryArray = None
-
 import rampup
-from rampup.adaptive import AdaptiveSchedule
-from rampup.batching import (
+from rampup import AdaptiveSchedule, Plan, RampupBatches, Schedule, StreamBatcher, default_collate
+from rampup.protocol import (
     PARENT_KEY,
     POSITION_KEY,
     STEP_KEY,
-    RampupBatches,
-    StreamBatcher,
+    Allocate,
+    ProcessLayout,
+    ScheduledIterator,
+    WorkerStride,
     as_plan,
     check_collate,
+    check_flag,
     check_policy,
     make_state,
+    mapping_like,
 )
-from rampup.collate import Allocate, default_collate, mapping_like
-from rampup.plan import Plan, WorkerStride
-from rampup.protocol import ScheduledIterator
-from rampup.schedules import Schedule, check_flag
 
 LEGACY_STEP_KEY = "batch_step"
 # The name the drop-in gives a schedule function without a stable identity (a lambda, as
@@ -66,21 +61,70 @@ __all__ = [
 ]
 
 
-def process_slice(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    """This process's (index, count): given explicitly, else `grain.sharding.ShardByJaxProcess`.
+# --- grain's internals: this section is the one place that names them ------------------------
+#
+# grain 0.2.18 exports no API for these; each use below says what it stands for, so that a
+# grain release that moves one changes this section only. (The iterators' `_get_next_index`
+# and `_set_next_index` methods are grain's hooks for `grain.experimental.set_next_index`.)
 
-    Without jax that is (0, 1); with jax, `jax.process_index()` and `jax.process_count()`.
+try:  # where grain's own batch stacks into shared memory for mp_prefetch (grain 0.2.x)
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+except ImportError:  # another layout: workers' batches are copied to shared memory by grain
+    SharedMemoryArray = None
+
+_NEXT_INDEX = "next_index"  # the key of a grain MapDataset iterator's state
+
+
+def _read_items(parent: grain.MapDataset, indices: Sequence[int]) -> list[Any]:
+    """`parent`'s elements at `indices` in one batched read, as grain's `MapDataset.batch`."""
+    return list(parent._getitems(indices))  # noqa: SLF001
+
+
+def _next_index(iterator: grain.DatasetIterator) -> int:
+    """The index of the item a grain `MapDataset` iterator yields next."""
+    return iterator.get_state()[_NEXT_INDEX]
+
+
+def _seek(iterator: grain.DatasetIterator, index: int) -> None:
+    """Makes a grain `MapDataset` iterator yield item `index` next."""
+    iterator.set_state({_NEXT_INDEX: index})
+
+
+def _worker(iterator: grain.DatasetIterator) -> Any:
+    """The `mp_prefetch` worker context of an iterator (`process_index`, `process_count`)."""
+    return iterator._ctx.mp_context  # noqa: SLF001
+
+
+def _start_stats(iterator: grain.DatasetIterator) -> None:
+    """Builds an iterator's stats node, as grain's own transformations do on first use: it
+    marks the parents as inner nodes (until then a parent records per-element metrics)."""
+    iterator._stats  # noqa: B018, SLF001
+
+
+def _jax_process() -> ProcessLayout:
+    """`grain.sharding.ShardByJaxProcess`'s place: (0, 1) without jax."""
+    shard = grain.sharding.ShardByJaxProcess()
+    return ProcessLayout(shard.shard_index, shard.shard_count)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _process_layout(process_index: int | None, process_count: int | None) -> ProcessLayout:
+    """This process's layout: as given, else grain's `ShardByJaxProcess` (jax's process)."""
+    return ProcessLayout.given(
+        process_index, process_count, _jax_process, "grain.sharding.ShardByJaxProcess"
+    )
+
+
+def process_slice(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """Deprecated alias, kept for code that imported it: this process's `(process_index,
+    process_count)`, as given or from `grain.sharding.ShardByJaxProcess`.
+
+    The datasets take `process_index=None, process_count=None` for that default;
+    `rampup.adapters.jax.process_layout(sharding)` gives a sharding's layout.
     """
-    if process_index is None and process_count is None:
-        shard = grain.sharding.ShardByJaxProcess()
-        return shard.shard_index, shard.shard_count
-    if process_index is None or process_count is None:
-        raise ValueError(
-            f"give both process_index and process_count or neither (got process_index="
-            f"{process_index}, process_count={process_count}); with neither, they come from "
-            "grain.sharding.ShardByJaxProcess"
-        )
-    return process_index, process_count
+    return _process_layout(process_index, process_count)
 
 
 # grain refuses to batch a MapDataset after these, which can drop elements; its
@@ -210,7 +254,7 @@ class _BatchedReads:
         return self.parent[index]
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        return list(self.parent._getitems(indices))  # noqa: SLF001 -- grain's batched read
+        return _read_items(self.parent, indices)
 
 
 class RampupMapDataset(grain.MapDataset):
@@ -254,7 +298,7 @@ class RampupMapDataset(grain.MapDataset):
             )
         _check_dense(parent)
         super().__init__(parent)
-        index, count = process_slice(process_index, process_count)
+        index, count = _process_layout(process_index, process_count)
         self._collate = _CheckedCollate(collate)
         self._batches = RampupBatches(
             _BatchedReads(parent),
@@ -280,7 +324,8 @@ class RampupMapDataset(grain.MapDataset):
 
     def __len__(self) -> int:
         # An endless dataset has grain's length of an endless repeat().
-        return sys.maxsize if self._batches.end is None else len(self._batches)
+        count = self._batches.steps_left()
+        return sys.maxsize if count is None else count
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -335,11 +380,8 @@ class _ShiftedBatches(grain.MapDataset):
         self._shift = shift
 
     def __len__(self) -> int:
-        end = self._batches.end
-        if end is None:
-            return sys.maxsize
-        last = self._batches.plan.last_batch(end, self._batches.drop_remainder, self._shift)
-        return 0 if last is None else last[0] + 1
+        count = self._batches.steps_left(0, self._shift)
+        return sys.maxsize if count is None else count
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -383,6 +425,17 @@ class RampupMapIterDataset(grain.IterDataset):
     def plan(self) -> Plan:
         """The step <-> position arithmetic of the schedule."""
         return self._ramp.plan
+
+    @property
+    def ramp(self) -> RampupMapDataset:
+        """The batches this dataset iterates."""
+        return self._ramp
+
+    def starting_at(self, step: int, shift: int) -> RampupMapIterDataset:
+        """This dataset with iterations that start at `step` (positions moved by `shift`)."""
+        return RampupMapIterDataset(
+            self._ramp, self._read_options, self._allow_nones, (step, shift)
+        )
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
         """Makes this copy build one `mp_prefetch` worker's steps (grain calls it)."""
@@ -466,7 +519,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     @property
     def step(self) -> int:
         """The step of the next batch this iterator yields."""
-        return self._stride.step(self._inner.get_state()["next_index"])
+        return self._stride.step(_next_index(self._inner))
 
     def __next__(self) -> Any:
         if not self._started:
@@ -487,7 +540,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         if shift != self._shift:
             self._inner.close()
             self._inner, self._shift = self._iterate(shift), shift
-        self._inner.set_state({"next_index": index})
+        _seek(self._inner, index)
 
     def _get_next_index(self) -> int:
         return self.step
@@ -531,15 +584,12 @@ class RampupPrefetchIterDataset(grain.IterDataset):
 
     def workers_from(self, step: int, shift: int) -> grain.DatasetIterator:
         """grain's `mp_prefetch` iterator whose workers start at `step` (positions + `shift`)."""
-        parent = self._parent
-        start = RampupMapIterDataset(
-            parent._ramp, parent._read_options, parent._allow_nones, (step, shift)
-        )
+        start = self._parent.starting_at(step, shift)
         # grain's own mp_prefetch of that dataset (ours would wrap it once more).
         return grain.IterDataset.mp_prefetch(start, self._options, self._worker_init_fn).__iter__()
 
     def __iter__(self) -> RampupPrefetchDatasetIterator:
-        return RampupPrefetchDatasetIterator(self, self._parent._ramp)
+        return RampupPrefetchDatasetIterator(self, self._parent.ramp)
 
     @property
     def _element_spec(self) -> Any:
@@ -649,7 +699,7 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
 
     def _check_not_in_workers(self) -> None:
         # grain sets the worker context after __iter__, so it is read at the first step.
-        mp = self._ctx.mp_context
+        mp = _worker(self)
         if mp.process_count > 1:
             raise ValueError(
                 f"{self._name} runs inside mp_prefetch worker {mp.process_index} of "
@@ -659,9 +709,7 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
                 "mp_prefetch (ds.mp_prefetch(...) then the ramp-up), or batch a MapDataset "
                 "with RampupMapDataset before to_iter_dataset().mp_prefetch(...)."
             )
-        # grain's own transformations build their stats node on first use, which marks the
-        # parents as inner nodes; until then the parent records per-element output metrics.
-        self._stats  # noqa: B018
+        _start_stats(self)
         self._checked_worker = True
 
     def __next__(self) -> Any:
@@ -750,7 +798,7 @@ class RampupIterDataset(grain.IterDataset):
             )
         super().__init__(parent)
         self._plan = as_plan(schedule)
-        self._process_index, self._process_count = process_slice(process_index, process_count)
+        self._process_index, self._process_count = _process_layout(process_index, process_count)
         # Some step must be legal; the iterator checks the steps it runs from where it starts.
         self._plan.check_processes(self._process_index, self._process_count, start=None)
         self._drop_remainder = check_flag(drop_remainder, "drop_remainder")

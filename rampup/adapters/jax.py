@@ -30,12 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rampup.adaptive import AdaptiveSchedule
-from rampup.batching import as_plan
-from rampup.plan import Plan, microbatch_count, not_divisible
-from rampup.protocol import ScheduledIterator
-from rampup.scaling import resolve
-from rampup.schedules import Schedule, check_count
+from rampup import AdaptiveSchedule, Plan, Schedule
+from rampup.protocol import (
+    ProcessLayout,
+    ScheduledIterator,
+    as_plan,
+    check_count,
+    microbatch_count,
+    not_divisible,
+    resolve,
+)
 
 __all__ = [
     "DeviceBatches",
@@ -116,26 +120,37 @@ def _describe(sharding: NamedSharding) -> str:
     )
 
 
+def _divisor(sharding: NamedSharding, microbatch_size: int | None) -> tuple[int, str]:
+    """What every global size must be a multiple of, and that divisor in words."""
+    if microbatch_size is not None:
+        return microbatch_size, f"microbatch_size={microbatch_size}"
+    return data_axis_size(sharding), f"the {_describe(sharding)}"
+
+
 def _check_size(
     size: int,
     where: str,
     sharding: NamedSharding,
     microbatch_size: int | None,
     fix: str | None = None,
-) -> None:
-    """Raises the core's "not divisible" error when the batch axis cannot split `size`."""
+) -> int | None:
+    """Raises the core's "not divisible" error when the batch axis cannot split `size`.
+
+    Returns:
+      The number of micro-batches of `size`, in micro-batch mode; else None.
+    """
     if microbatch_size is not None:
-        microbatch_count(size, where, microbatch_size, fix=fix)
-        return
-    ways = data_axis_size(sharding)
+        return microbatch_count(size, where, microbatch_size, fix=fix)
+    ways, what = _divisor(sharding, None)
     if size % ways:
         raise not_divisible(
             size,
             ways,
             where,
-            f"the {_describe(sharding)}",
+            what,
             fix or f"build the schedule with multiple_of={ways} to catch this when it is built",
         )
+    return None
 
 
 def _check_microbatch_size(microbatch_size: int | None, sharding: NamedSharding) -> int | None:
@@ -215,29 +230,23 @@ def check_schedule(
     return tuple(sorted(sizes))
 
 
-class _Layout(NamedTuple):
-    """Where this process's rows sit on the batch axis, as the sharding places them."""
-
-    process_index: int
-    process_count: int
-
-
-def process_layout(sharding: NamedSharding) -> _Layout:
+def process_layout(sharding: NamedSharding) -> ProcessLayout:
     """This process's `(process_index, process_count)` along the batch axis of `sharding`.
 
     Build the host-local batches with these (`RampupBatches(..., process_index=...,
     process_count=...)`): process `i` of `n` holds rows `[i * B / n, (i + 1) * B / n)`.
+
+    Raises:
+      ValueError: this process's devices do not hold one slice of the batch axis.
     """
-    ways = data_axis_size(sharding)
     # A probe shape that every axis of the spec splits evenly: one row per batch shard.
     mesh = sharding.mesh.shape
     probe = tuple(
         math.prod(mesh[a] for a in ((e,) if isinstance(e, str) else e or ())) for e in sharding.spec
     ) or (1,)
     index_map = sharding.addressable_devices_indices_map(probe)
-    starts = sorted({cast(tuple, index)[0].start or 0 for index in index_map.values()})
-    local = len(starts)
-    return _Layout(starts[0] // local, ways // local)
+    shards = [cast(tuple, index)[0].start or 0 for index in index_map.values()]
+    return ProcessLayout.of_shards(shards, data_axis_size(sharding))
 
 
 class _Converter:
@@ -267,10 +276,9 @@ class _Converter:
             )
         # The local rows are one process's equal share of the global batch (Plan.local_bounds).
         size = cast(int, rows.pop()) * self.layout.process_count
-        _check_size(size, f"at {step}", self.sharding, self.microbatch_size)
-        if self.microbatch_size is None:
+        count = _check_size(size, f"at {step}", self.sharding, self.microbatch_size)
+        if count is None:
             return self.place(batch)
-        count = size // self.microbatch_size
         flat, treedef = jax.tree_util.tree_flatten(batch)
         splits = [np.split(np.asarray(leaf), count) for leaf in flat]
         return [
@@ -409,8 +417,7 @@ class DeviceBatches(Iterator[Any]):
                 f"process_index={layout[0]}, process_count={layout[1]}; build them with those "
                 "values (rampup.adapters.jax.process_layout(sharding) gives them)"
             )
-        last = source.last_batch()
-        until = None if last is None else last[0]
+        until = source.check_last_batch(*_divisor(self.sharding, self.microbatch_size))
         if until is not None or source.plan.schedule.segmented:
             check_schedule(
                 source.plan,
@@ -418,14 +425,6 @@ class DeviceBatches(Iterator[Any]):
                 until_step=until,
                 microbatch_size=self.microbatch_size,
                 start=source.step,
-            )
-        if last is not None:
-            _check_size(
-                last[1],
-                f"in the last batch (step {last[0]}, cut short by the end of the data)",
-                self.sharding,
-                self.microbatch_size,
-                "pass drop_remainder=True, or a source length that leaves a divisible remainder",
             )
 
     @property
@@ -690,14 +689,11 @@ def optax_schedule(
         unit=unit,
         tokens_per_sample=tokens_per_sample,
     )
-    segments = scaling.segment_factors()
+    table = scaling.segment_table()
     real = jnp.result_type(float)  # float32, or float64 under jax_enable_x64
-    # t per sample: 0 for steps (t is the step itself), 1 for samples, tokens_per_sample for tokens.
-    per_t = 0 if scaling.unit == "steps" else scaling.tokens_per_sample or 1
-    first_steps = np.array([s[0] for s in segments])
-    t_offsets = np.array([float(s[1] * per_t) for s in segments], real)
-    t_per_step = np.array([float(s[2] * per_t) for s in segments], real)
-    factors = np.array([s[3] for s in segments], real)
+    first_steps = table.first_steps
+    t_offsets, t_per_step = table.t_offsets.astype(real), table.t_per_step.astype(real)
+    factors = table.factors.astype(real)
 
     def value(step: Any) -> jax.Array:
         step = jnp.maximum(jnp.asarray(step), 0)  # a step before 0 is step 0, as optax clamps

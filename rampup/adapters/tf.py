@@ -33,12 +33,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rampup.batching import RampupBatches, as_plan
-from rampup.collate import spec
-from rampup.plan import Plan
-from rampup.protocol import ScheduledIterator
-from rampup.scaling import resolve
-from rampup.schedules import Schedule, check_count, check_flag, from_config, piecewise
+from rampup import Plan, RampupBatches, Schedule, from_config, piecewise
+from rampup.protocol import ScheduledIterator, as_plan, check_count, check_flag, resolve, spec
 
 __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 
@@ -330,8 +326,7 @@ def _layout(plan: Plan, rows: int) -> _Layout:
     for i, (segment, following) in enumerate(zip(segments[:-1], segments[1:], strict=True)):
         block = -(-rows // segment.size)
         steps = np.arange(segment.first_step, following.first_step, block, dtype=np.int64)
-        # plan.offset(step) over a run of one size, for every window start at once
-        starts.append(segment.offset + (steps - segment.first_step) * segment.size)
+        starts.append(plan.offsets(steps))
         owners.append(np.full(len(steps), i, np.int64))
     tail_block = -(-rows // tail.size)
     length = plan.offset(tail.first_step + tail_block) - tail.offset
@@ -513,12 +508,11 @@ class ScaledLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             unit=unit,
             tokens_per_sample=tokens_per_sample,
         )
-        segments = self.scaling.segment_factors()
-        per_t = 0 if unit == "steps" else self.scaling.tokens_per_sample or 1
-        self._first_steps = tf.constant([s[0] for s in segments], tf.int64)
-        self._t_offsets = tf.constant([float(s[1] * per_t) for s in segments], tf.float32)
-        self._t_per_step = tf.constant([float(s[2] * per_t) for s in segments], tf.float32)
-        self._factors = tf.constant([s[3] for s in segments], tf.float32)
+        table = self.scaling.segment_table()
+        self._first_steps = tf.constant(table.first_steps, tf.int64)
+        self._t_offsets = tf.constant(table.t_offsets.astype(np.float32))
+        self._t_per_step = tf.constant(table.t_per_step.astype(np.float32))
+        self._factors = tf.constant(table.factors.astype(np.float32))
 
     def __call__(self, step: Any) -> tf.Tensor:
         """The learning rate at `step` (a scalar or a tensor of steps)."""

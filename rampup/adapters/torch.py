@@ -28,22 +28,29 @@ try:
 except ImportError:  # torchdata is optional; RampupNode says how to install it
     _BaseNode = object
 
-from rampup.adaptive import AdaptiveSchedule, Follower
-from rampup.batching import (
+from rampup import (
+    AdaptiveSchedule,
     BatchIterator,
+    Follower,
+    Plan,
     RampupBatches,
+    Schedule,
     StreamBatcher,
+    default_collate,
+)
+from rampup.protocol import (
+    ScheduledIterator,
+    WorkerStride,
     as_plan,
     check_collate,
+    check_count,
+    check_flag,
     check_policy,
     make_state,
+    mapping_like,
     read_state,
+    resolve,
 )
-from rampup.collate import default_collate, mapping_like
-from rampup.plan import Plan, WorkerStride, microbatch_count
-from rampup.protocol import ScheduledIterator
-from rampup.scaling import resolve
-from rampup.schedules import Schedule, check_count, check_flag
 
 __all__ = [
     "GradNoiseNorms",
@@ -226,10 +233,10 @@ def _collate_for(source: Any, collate: Callable[[list[Any]], Any] | None) -> tup
 
 def _steps_left(batches: RampupBatches, step: int, shift: int, what: str) -> int:
     """How many batches an iteration from `(step, shift)` yields; finite data only."""
-    if batches.end is None:
+    count = batches.steps_left(step, shift)
+    if count is None:
         raise TypeError(f"a {what} over endless data (num_epochs=None) has no len()")
-    last = batches.plan.last_batch(batches.end, batches.drop_remainder, shift)
-    return 0 if last is None else max(0, last[0] + 1 - step)
+    return count
 
 
 class RampupIterator(ScheduledIterator):
@@ -279,8 +286,7 @@ class RampupIterator(ScheduledIterator):
                 f"batch is {planned} rows (the plan's): micro-batches are counted from the "
                 "plan, so a collate used with microbatch_size must give one row per element"
             )
-        size = rows * self.process_count
-        count = microbatch_count(size, f"at step {step}", self.microbatch_size, self.process_count)
+        count = self.plan.microbatches(step, self.microbatch_size, self.process_count, rows=rows)
         return _split(batch, count)
 
     def _planned_rows(self, step: int) -> int:
@@ -483,24 +489,12 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         """
         if microbatch_size is None:
             return None
-        microbatch_size = check_count(microbatch_size, "microbatch_size", 1)
-        end = None if self.batches is None else self.batches.end
-        if end is None:
-            return self.plan.check_microbatches(microbatch_size, self.world_size, start=start)
-        last = self.plan.last_batch(end, self.drop_remainder)
-        full_steps = 0 if last is None else last[0] + 1
-        if last is not None and last[1] < self.plan.size(last[0]):
-            microbatch_count(
-                last[1],
-                f"in the last batch (step {last[0]}, cut short by the end of the data)",
-                microbatch_size,
-                self.world_size,
-                fix="pass drop_remainder=True, or a source "
-                "length that leaves a divisible remainder",
-            )
-            full_steps -= 1
         return self.plan.check_microbatches(
-            microbatch_size, self.world_size, full_steps, start=start
+            microbatch_size,
+            self.world_size,
+            start=start,
+            end=None if self.batches is None else self.batches.end,
+            drop_remainder=self.drop_remainder,
         )
 
     def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
@@ -644,12 +638,9 @@ class _IndexLists(BatchIterator):
     cost about a third of the sampler's time per list.
     """
 
-    def __next__(self) -> list[int]:
-        window = self.batches.window(self._step, self._shift)
-        if window is None:
-            raise StopIteration
-        self._step += 1
-        return self.batches.index_list(*window)
+    def fetch(self, start: int, stop: int) -> list[int]:
+        """The source indices of positions `[start, stop)`, as a list."""
+        return self.batches.index_list(start, stop)
 
 
 class RampupBatchSampler(_Restartable, Sampler[list[int]]):
