@@ -59,7 +59,10 @@ class ScheduledIterator(Iterator[Any], abc.ABC):
 
     @property
     def layout(self) -> ProcessLayout:
-        """`ProcessLayout(process_index, process_count)`: the two fields as one value."""
+        """Deprecated alias of `(process_index, process_count)`, as a `ProcessLayout`.
+
+        Kept for code that read it; the protocol's names are the two fields.
+        """
         return ProcessLayout(self.process_index, self.process_count)
 
     @property

@@ -410,7 +410,7 @@ class DeviceBatches(Iterator[Any]):
     def _check_source(self, source: ScheduledIterator) -> None:
         """The source's layout must be the sharding's; every size it yields must split."""
         layout = tuple(self._convert.layout)
-        if source.layout != layout:
+        if (source.process_index, source.process_count) != layout:
             raise ValueError(
                 f"the batches are built for process_index={source.process_index}, process_count="
                 f"{source.process_count}, but the sharding places this process's rows at "

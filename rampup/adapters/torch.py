@@ -259,7 +259,7 @@ class RampupIterator(ScheduledIterator):
         self.convert = convert
         self.microbatch_size = microbatch_size
         self.plan = batches.plan
-        self.process_index, self.process_count = batches.layout
+        self.process_index, self.process_count = batches.process_index, batches.process_count
         self.end, self.drop_remainder = batches.end, batches.drop_remainder
 
     @property
