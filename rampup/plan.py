@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from rampup.schedules import Schedule, check_count, not_divisible
+from rampup.schedules import Schedule, check_count, not_divisible, piecewise
 
 FN_CHUNK = 65536  # steps of a from_fn schedule evaluated per vectorized call
 
@@ -389,6 +389,22 @@ class Plan:
         if size % divisor:
             raise cut_short(size, divisor, step, end, what)
         return step
+
+    def from_step(self, step: int) -> Plan:
+        """The plan of the steps from `step` on, renumbered from 0 (a segmented schedule's).
+
+        Examples:
+          >>> from rampup import piecewise
+          >>> [Plan(piecewise({0: 2, 3: 8})).from_step(2).size(k) for k in range(3)]
+          [2, 8, 8]
+        """
+        step = check_count(step, "step")
+        sizes = {
+            max(0, s.first_step - step): s.size
+            for s in self.segments()
+            if s.last_step is None or s.last_step >= step
+        }
+        return Plan(piecewise(sizes))
 
     def offsets(self, steps: Any) -> np.ndarray:
         """`O(k)` of many steps at once, as an int64 array of the shape of `steps`.

@@ -183,3 +183,9 @@ def test_the_segment_table_gives_t_and_the_factor_of_every_step(unit, tokens_per
         naive_t = {"steps": 0, "samples": samples, "tokens": samples * 3}[unit]
         assert table.t_offsets[i] + (k - table.first_steps[i]) * table.t_per_step[i] == naive_t
         assert table.factors[i] == pytest.approx(math.sqrt(sizes[k] / 32))
+
+
+@given(ramps(), st.integers(0, 50))
+def test_a_plan_from_a_step_holds_the_sizes_from_that_step_on(schedule, step):
+    later = Plan(schedule).from_step(step)
+    assert [later.size(k) for k in range(30)] == [schedule(step + k) for k in range(30)]

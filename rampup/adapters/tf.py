@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rampup import Plan, RampupBatches, Schedule, from_config, piecewise
+from rampup import Plan, RampupBatches, Schedule, from_config
 from rampup.protocol import ScheduledIterator, as_plan, check_count, check_flag, resolve, spec
 
 __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
@@ -266,16 +266,6 @@ def _replica_split(
     return rows, replica_sizes
 
 
-def _from_step(plan: Plan, start_step: int) -> Plan:
-    """The plan of the steps from `start_step` on, renumbered from 0."""
-    sizes = {
-        max(0, s.first_step - start_step): s.size
-        for s in plan.segments()
-        if s.last_step is None or s.last_step >= start_step
-    }
-    return Plan(piecewise(sizes))
-
-
 def _window_rows(ds: tf.data.Dataset) -> int:
     """The samples one window aims at: about `_WINDOW_BYTES`, from the samples' spec."""
     sample_bytes = 0
@@ -404,7 +394,7 @@ def rampup_batch(
         plan.check_processes(0, input_context.num_replicas_in_sync, start=start_step)
     if start_step:
         ds = ds.skip(plan.offset(start_step))
-        plan = _from_step(plan, start_step)
+        plan = plan.from_step(start_step)
     segments = plan.segments()
     rows, replica_sizes = _replica_split(plan, input_context)
     sliced = any(hi - lo != s.size for (lo, hi), s in zip(rows, segments, strict=True))
