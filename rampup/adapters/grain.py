@@ -101,6 +101,14 @@ def _start_stats(iterator: grain.DatasetIterator) -> None:
     iterator._stats  # noqa: B018, SLF001
 
 
+# grain refuses to batch a MapDataset after these, which can drop elements; its
+# filter class is not exported, so its type is taken from a filter.
+_SPARSE_MAP_DATASETS = (
+    type(grain.MapDataset.range(1).filter(bool)),
+    grain.experimental.FlatMapMapDataset,
+)
+
+
 def _jax_process() -> ProcessLayout:
     """`grain.sharding.ShardByJaxProcess`'s place: (0, 1) without jax."""
     shard = grain.sharding.ShardByJaxProcess()
@@ -125,14 +133,6 @@ def process_slice(process_index: int | None, process_count: int | None) -> tuple
     `rampup.adapters.jax.process_layout(sharding)` gives a sharding's layout.
     """
     return _process_layout(process_index, process_count)
-
-
-# grain refuses to batch a MapDataset after these, which can drop elements; its
-# filter class is not exported, so its type is taken from a filter.
-_SPARSE_MAP_DATASETS = (
-    type(grain.MapDataset.range(1).filter(bool)),
-    grain.experimental.FlatMapMapDataset,
-)
 
 
 def _check_dense(parent: grain.MapDataset) -> None:
