@@ -109,10 +109,10 @@ def test_native_equals_core_for_random_schedules(sizes, first, length, epochs, d
 
 
 @contextlib.contextmanager
-def small_windows(rows):
-    """rampup_batch's windows of about `rows` int64 samples, so that tests cross many of them."""
+def small_chunks(rows):
+    """rampup_batch's chunks of about `rows` int64 samples, so that tests cross many of them."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tf_adapter, "_WINDOW_BYTES", 8 * rows)
+        patch.setattr(tf_adapter, "_CHUNK_BYTES", 8 * rows)
         yield
 
 
@@ -128,7 +128,7 @@ def small_windows(rows):
 def test_native_equals_core_across_many_windows(sizes, first, rows, length, epochs, drop_remainder):
     schedule = piecewise({0: first, **sizes})
     data = np.arange(length, dtype=np.int64)
-    with small_windows(rows):
+    with small_chunks(rows):
         ds = rampup_batch(source_ds(data).repeat(epochs), schedule, drop_remainder=drop_remainder)
     want = list(RampupBatches(data, schedule, num_epochs=epochs, drop_remainder=drop_remainder))
     assert_batches_equal([as_numpy(b) for b in ds], want)
@@ -138,7 +138,7 @@ def test_native_equals_core_across_many_windows(sizes, first, rows, length, epoc
 def test_native_endless_stream_over_many_periods_equals_core(rows):
     schedule = linear(2, 2, 60, 10)
     data = np.arange(13, dtype=np.int64)
-    with small_windows(rows):
+    with small_chunks(rows):
         ds = rampup_batch(source_ds(data).repeat(), schedule)
     got = [as_numpy(b) for b in ds.take(120)]
     core = RampupBatches(data, schedule).iter_from(0)
@@ -154,7 +154,7 @@ def test_native_reads_the_source_once_in_order():
             yield i
 
     ds = tf.data.Dataset.from_generator(samples, output_signature=tf.TensorSpec((), tf.int64))
-    with small_windows(7):
+    with small_chunks(7):
         got = [as_numpy(b) for b in rampup_batch(ds, SCHEDULES["linear"])]
     assert read == list(range(200))
     assert_batches_equal(
@@ -182,7 +182,7 @@ def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows
     ramp_steps = Plan(schedule).segments()[-1].first_step
     at = int(np.random.default_rng(seed).integers(1, ramp_steps + 3))
     data = np.arange(29, dtype=np.int64)
-    with small_windows(rows or 1 << 16):  # small windows: a restore inside a window
+    with small_chunks(rows or 1 << 16):  # small windows: a restore inside a window
         ds = rampup_batch(source_ds(data).shuffle(29, seed=seed).repeat(), schedule)
     if prefetch:  # the iterator then holds windows read ahead
         ds = ds.prefetch(prefetch)
@@ -399,7 +399,7 @@ def test_input_context_gives_each_pipeline_its_replicas_slices(
         "dict": (lambda x: {"x": x}, lambda b: b["x"]),
     }[structure]
     context = tf.distribute.InputContext(pipelines, pipeline, replicas)
-    with small_windows(10):
+    with small_chunks(10):
         ds = rampup_batch(
             source_ds(wrap(data)), schedule, drop_remainder=True, input_context=context
         )
@@ -456,3 +456,14 @@ def test_input_context_over_a_dataset_that_may_end_needs_drop_remainder():
         input_context=context,
     )
     assert [b.numpy().tolist() for b in batches] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+@pytest.mark.parametrize(("start", "final"), [(1, 120), (30, 40)])
+def test_native_equals_core_for_many_distinct_sizes_and_few(start, final):
+    # linear(1, 1, ...) gives 120 sizes, most of them one step long; 30..40 gives 11.
+    schedule = linear(start, 1, 3000, final)
+    data = np.arange(997, dtype=np.int64)
+    with small_chunks(50):
+        ds = rampup_batch(source_ds(data).repeat(5), schedule)
+    want = list(RampupBatches(data, schedule, num_epochs=5))
+    assert_batches_equal([as_numpy(b) for b in ds], want)

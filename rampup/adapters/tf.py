@@ -11,17 +11,17 @@ Two paths:
   `tf.train.Checkpoint(iterator=...)`. Segmented schedules only.
 
 How `rampup_batch` works, reading `ds` once and running no function per sample
-or per step: the stream is cut into windows of whole steps of one size, about
-`_WINDOW_BYTES` each (every segment of the ramp starts a window; the last
-segment has windows of equal length for ever). `ds.batch(...).rebatch(sizes)`
-cuts the samples into chunks, and `group_by_window` gathers each window's
-chunks and `rebatch`es them into its steps. `rebatch` cycles through its list
-of sizes, so the chunks' cut points repeat with a period: one that is a
-multiple of the last segment's window length and covers the ramp. A window
-may then be cut into several chunks (where the ramp's cut points fall into a
-later period), never a chunk into two windows. Which window class a chunk
-belongs to (its size and its number of chunks) is data zipped to the chunks:
-a list for the first period, then a list repeated for every later one.
+or per step: `ds.batch(rows)` cuts the stream into chunks of `rows` samples, a
+multiple of the last segment's size and at least the largest size (about
+`_CHUNK_BYTES` each), so a step that starts in a chunk ends in it or the next.
+`window(2, shift=1)` pairs each chunk with the next, and `rebatch` cuts the
+pair into the steps that start in the first chunk, after leaving out the rows
+before them. Which steps those are is data zipped to the chunks, computed from
+the plan once: a row per chunk of the ramp, then one row for every later chunk
+(they all hold the same run of last-segment steps at the same place). With an
+`input_context`, each step is cut once more into the rows before this
+pipeline's, one piece per replica, and the rows after, and only the replicas'
+pieces are kept.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ from rampup.protocol import ScheduledIterator, as_plan, check_count, check_flag,
 
 __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 
-# A window of `rampup_batch` aims at this many bytes of samples: large enough that its
-# fixed cost (a dataset per window) vanishes, small enough to hold without notice.
-_WINDOW_BYTES = 8 << 20
-_WINDOW_ROWS = 4096  # where the samples' size is not known from their spec
-_WINDOW_ROWS_MAX = 1 << 16
+# A chunk of `rampup_batch` aims at this many bytes of samples: large enough that its
+# fixed cost (a few datasets per chunk) vanishes, small enough to hold without notice.
+_CHUNK_BYTES = 8 << 20
+_CHUNK_ROWS = 4096  # where the samples' size is not known from their spec
+_CHUNK_ROWS_MAX = 1 << 16
 
 
 # --- to_tf_dataset -----------------------------------------------------------------------------
@@ -266,8 +266,8 @@ def _replica_split(
     return rows, replica_sizes
 
 
-def _window_rows(ds: tf.data.Dataset) -> int:
-    """The samples one window aims at: about `_WINDOW_BYTES`, from the samples' spec."""
+def _chunk_rows(ds: tf.data.Dataset) -> int:
+    """The samples one chunk aims at: about `_CHUNK_BYTES`, from the samples' spec."""
     sample_bytes = 0
     for leaf in tf.nest.flatten(ds.element_spec):
         if (
@@ -275,76 +275,110 @@ def _window_rows(ds: tf.data.Dataset) -> int:
             or not leaf.shape.is_fully_defined()
             or (leaf.dtype == tf.string)
         ):
-            return _WINDOW_ROWS
+            return _CHUNK_ROWS
         sample_bytes += leaf.shape.num_elements() * leaf.dtype.size
-    return min(_WINDOW_ROWS_MAX, max(1, _WINDOW_BYTES // max(sample_bytes, 1)))
+    return min(_CHUNK_ROWS_MAX, max(1, _CHUNK_BYTES // max(sample_bytes, 1)))
 
 
-class _Layout(NamedTuple):
+def _padded(rows: list[np.ndarray], dtype: Any) -> np.ndarray:
+    out = np.zeros((len(rows), max(len(r) for r in rows)), dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+class _Chunks(NamedTuple):
     """How `rampup_batch` cuts the stream: see the module docstring.
 
+    Row `j` of each table describes the steps that start in chunk `j`; the
+    last row is the one of every later chunk (all of the last segment).
+
     Attributes:
-      chunk_sizes: the sizes `rebatch` cycles through, one period of the stream.
-      first_keys: the window class of each chunk of the first period.
-      later_keys: the same for every later period.
-      class_segment: per window class, the segment index of its steps.
-      class_chunks: per window class, its number of chunks.
+      rows: the samples in a chunk, a multiple of the last segment's size.
+      sizes: the rows before the chunk's first step, then its steps' sizes (zero-padded).
+      counts: how many steps start in the chunk.
+      pieces: with an `input_context`, each of those steps' pieces: the rows before
+        this pipeline's, one piece per replica of this pipeline, the rows after.
+      keep: which pieces are this pipeline's replicas' batches.
     """
 
-    chunk_sizes: np.ndarray
-    first_keys: np.ndarray
-    later_keys: np.ndarray
-    class_segment: np.ndarray
-    class_chunks: np.ndarray
+    rows: int
+    sizes: np.ndarray
+    counts: np.ndarray
+    pieces: np.ndarray
+    keep: np.ndarray
 
 
-def _layout(plan: Plan, rows: int) -> _Layout:
-    """Windows of whole steps of one size, about `rows` samples each, and the chunks under them.
-
-    The windows of the ramp (every segment but the last) start at
-    `plan.offset(k)` every `ceil(rows / size)` steps of a segment; the last
-    segment's windows are `ceil(rows / size)` steps long for ever. The chunks'
-    cut points must repeat with a period `P` (rebatch cycles its sizes): `P` is
-    a multiple of the last segment's window length, at least its offset, and
-    the cut points of one period are the ramp's window starts and every
-    position that is a last-segment window start modulo `P`. Every window is
-    then a run of whole chunks, in every period.
-    """
+def _chunks(
+    plan: Plan, rows: list[tuple[int, int]], replica_sizes: list[int], target: int
+) -> _Chunks:
+    """The chunk tables of a plan whose last segment starts at `plan.segments()[-1].offset`."""
     segments = plan.segments()
     tail = segments[-1]
-    starts, owners = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for i, (segment, following) in enumerate(zip(segments[:-1], segments[1:], strict=True)):
-        block = -(-rows // segment.size)
-        steps = np.arange(segment.first_step, following.first_step, block, dtype=np.int64)
-        starts.append(plan.offsets(steps))
-        owners.append(np.full(len(steps), i, np.int64))
-    tail_block = -(-rows // tail.size)
-    length = plan.offset(tail.first_step + tail_block) - tail.offset
-    period = length * -(-max(tail.offset, 1) // length)
-    ramp = np.concatenate(starts)
-    cuts = np.union1d(ramp, np.arange(tail.offset % length, period, length, dtype=np.int64))
-    # Four periods hold every kind of window: the ramp's, the first period's last-segment
-    # windows, and (completed by the next period) the ones that cross a period's end.
-    periods = 4
-    all_cuts = (cuts[None, :] + period * np.arange(periods, dtype=np.int64)[:, None]).ravel()
-    tail_starts = tail.offset + length * np.arange(
-        (periods * period - tail.offset) // length + 1, dtype=np.int64
+    chunk = tail.size * -(-max(target, *(s.size for s in segments)) // tail.size)
+    last = tail.offset // chunk + 1  # every chunk from here on lies in the last segment
+    offsets, sizes, owners = [], [], []
+    for i, (segment, following) in enumerate(zip(segments, [*segments[1:], None], strict=True)):
+        steps = (
+            (following.offset - segment.offset) // segment.size
+            if following is not None
+            else -(-((last + 1) * chunk - segment.offset) // segment.size)
+        )
+        offsets.append(plan.offsets(segment.first_step + np.arange(steps, dtype=np.int64)))
+        sizes.append(np.full(steps, segment.size, np.int64))
+        owners.append(np.full(steps, i, np.int64))
+    offset, size, owner = (np.concatenate(a) for a in (offsets, sizes, owners))
+    replicas = (rows[0][1] - rows[0][0]) // replica_sizes[0]
+    per_segment = np.array(
+        [
+            [lo, *([r] * replicas), s.size - hi]
+            for (lo, hi), r, s in zip(rows, replica_sizes, segments, strict=True)
+        ],
+        np.int64,
     )
-    window_starts = np.concatenate([ramp, tail_starts])
-    window_segment = np.concatenate(
-        [*owners, np.full(len(tail_starts), len(segments) - 1, np.int64)]
+    keep = np.array([False, *([True] * replicas), False])
+    bounds = np.searchsorted(offset, np.arange(last + 2, dtype=np.int64) * chunk)
+    sizes_rows, pieces_rows, keep_rows = [], [], []
+    for j in range(last + 1):
+        lo, hi = bounds[j], bounds[j + 1]
+        sizes_rows.append(np.append(offset[lo] - j * chunk, size[lo:hi]))
+        pieces_rows.append(per_segment[owner[lo:hi]].ravel())
+        keep_rows.append(np.tile(keep, hi - lo))
+    return _Chunks(
+        chunk,
+        _padded(sizes_rows, np.int64),
+        np.diff(bounds[: last + 2]),
+        _padded(pieces_rows, np.int64),
+        _padded(keep_rows, bool),
     )
-    window = np.searchsorted(window_starts, all_cuts, side="right") - 1
-    chunks = np.bincount(window, minlength=len(window_starts))
-    # A window class is its (segment, number of chunks), one int64 each to be unique'd.
-    stride = int(chunks.max()) + 1
-    classes, keys = np.unique(window_segment[window] * stride + chunks[window], return_inverse=True)
-    keys = keys.astype(np.int64).reshape(periods, len(cuts))
-    if not (keys[1] == keys[2]).all():  # the period argument above, checked
-        raise AssertionError(f"rampup_batch: chunk keys do not repeat for {plan}")
-    return _Layout(
-        np.diff(np.append(cuts, period)), keys[0], keys[1], classes // stride, classes % stride
+
+
+def _ramp(
+    ds: tf.data.Dataset, chunks: _Chunks, sharded: bool, drop_remainder: bool
+) -> tf.data.Dataset:
+    """`ds` cut into the plan's steps (or their replicas' pieces): see the module docstring."""
+    tables = (chunks.sizes, chunks.counts, chunks.pieces, chunks.keep)
+    data = tf.data.Dataset.from_tensor_slices(tuple(t[:-1] for t in tables)).concatenate(
+        tf.data.Dataset.from_tensors(tuple(t[-1] for t in tables)).repeat()
     )
+
+    def steps(window: Any, row: Any) -> tf.data.Dataset:
+        sizes, count, pieces, keep = row
+        if not isinstance(window, tf.data.Dataset):  # a structure: one dataset per component
+            window = tf.data.Dataset.zip(window)
+        # The steps that start in this chunk; the first batch (the rows before them) is left out.
+        out = window.rebatch(sizes, drop_remainder).skip(1).take(count)
+        if not sharded:
+            return out
+        return (
+            tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices(keep), out.rebatch(pieces)))
+            .filter(lambda keep, _: keep)
+            .map(lambda _, piece: piece)
+        )
+
+    # A step is no longer than a chunk: the steps that start in a chunk end in it or the next.
+    windows = ds.batch(chunks.rows).window(2, shift=1)
+    return tf.data.Dataset.zip((windows, data)).flat_map(steps)
 
 
 def rampup_batch(
@@ -416,43 +450,8 @@ def rampup_batch(
         # One size for ever: `batch` itself.
         return ds.batch(segments[0].size, drop_remainder=drop_remainder)
 
-    layout = _layout(plan, _window_rows(ds))
-    segment = tf.constant(layout.class_segment, tf.int64)
-    window_chunks = tf.constant(layout.class_chunks, tf.int64)
-    sizes = tf.constant([s.size for s in segments], tf.int64)
-    row_lo = tf.constant([lo for lo, _ in rows], tf.int64)
-    row_hi = tf.constant([hi for _, hi in rows], tf.int64)
-    replica_size = tf.constant(replica_sizes, tf.int64)
-
-    def steps(key: tf.Tensor, window: tf.data.Dataset) -> tf.data.Dataset:
-        index = tf.gather(segment, key)
-        out = window.map(lambda _, chunk: chunk).rebatch(tf.gather(sizes, index), drop_remainder)
-        if sliced:
-            lo, hi = tf.gather(row_lo, index), tf.gather(row_hi, index)
-
-            def rows_of(*parts: Any) -> Any:  # map passes a plain tuple's items as arguments
-                cut = tf.nest.map_structure(lambda t: t[lo:hi], parts)
-                return cut if type(ds.element_spec) is tuple else cut[0]
-
-            out = out.map(rows_of)
-        if split:
-            out = out.rebatch(tf.gather(replica_size, index), drop_remainder)
-        return out
-
-    # The keys are data, not a function of the chunk: a key function that only
-    # returns an input is not run per chunk (tf.data short-circuits it).
-    keys = tf.data.Dataset.from_tensor_slices(layout.first_keys).concatenate(
-        tf.data.Dataset.from_tensor_slices(layout.later_keys).repeat()
-    )
-    # `batch`es no longer than the shortest chunk: every chunk then spans a border of two
-    # batches (a copy into a new buffer) or is one whole batch, never a slice of one, which
-    # the windows' `rebatch` would warn about on every read (a shared buffer: "Tensor
-    # RefCount not reliable"). The partial last chunk of a finite `ds` may still hold
-    # whole steps: only the windows' `rebatch` drops a remainder.
-    chunks = ds.batch(int(layout.chunk_sizes.min())).rebatch(layout.chunk_sizes)
-    return tf.data.Dataset.zip((keys, chunks)).group_by_window(
-        lambda key, _: key, steps, window_size_func=lambda key: tf.gather(window_chunks, key)
-    )
+    chunks = _chunks(plan, rows, replica_sizes, _chunk_rows(ds))
+    return _ramp(ds, chunks, sliced or split, drop_remainder)
 
 
 # --- learning rates ---------------------------------------------------------------------------
