@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -327,6 +328,45 @@ def test_close_and_the_context_manager_stop_the_thread(sharding):
         next(batches)
         thread = batches._thread
     assert not thread.is_alive()
+
+
+class BlockedSource:
+    """Batches of 8 rows: the first at once, then next() blocks until `release` is set."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.calls += 1
+        if self.calls > 1:
+            self.release.wait()
+            raise StopIteration
+        return np.zeros((8, 2), np.float32)
+
+    def __repr__(self):
+        return "BlockedSource()"
+
+
+def test_close_returns_and_warns_when_the_producer_is_blocked_in_its_source(sharding):
+    source = BlockedSource()
+    with pytest.warns(UncheckedSourceWarning):
+        batches = device_batches(source, sharding, prefetch=2)
+    next(batches)
+    while source.calls < 2:  # the producer has gone into the source for the next batch
+        time.sleep(0.01)
+    try:
+        with pytest.warns(RuntimeWarning, match=r"still inside the batch source BlockedSource\(\)"):
+            batches.close(timeout=0.1)
+        with pytest.raises(StopIteration):
+            next(batches)
+    finally:
+        source.release.set()
+    batches._thread.join(10)
+    assert not batches._thread.is_alive()
 
 
 def test_a_consumer_that_stops_early_does_not_hang_the_interpreter_exit():

@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 _POLL_SECONDS = 0.05
+# How long close() (and the context manager's exit, and interpreter exit) waits for a
+# producer inside the source.
+_CLOSE_SECONDS = 10.0
 
 
 def batch_sharding(
@@ -533,15 +536,24 @@ class DeviceBatches(Iterator[Any]):
         self._thread = None
         return True
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = _CLOSE_SECONDS) -> None:
         """Stops the producer thread and drops the batches built ahead.
 
         Args:
-          timeout: seconds to wait for a producer inside a slow source; None
-            waits until it leaves, so the source is never advanced after close.
+          timeout: seconds to wait for a producer inside a slow source. Past
+            them close returns with a `RuntimeWarning` naming the source: the
+            producer may still advance it by one batch, which nothing consumes.
+            None waits until it leaves, however long the source blocks.
         """
         self._closed = True
-        self._stop_thread(timeout)
+        if not self._stop_thread(timeout):
+            warnings.warn(
+                f"DeviceBatches.close: the producer thread is still inside the batch source "
+                f"{self.source!r} after {timeout} s; close returns without it (the thread is a "
+                "daemon and stops once the source returns). Pass close(timeout=None) to wait",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> DeviceBatches:
         return self
@@ -564,7 +576,7 @@ def _close_all() -> None:
     # A producer still inside an XLA call while the interpreter tears down can abort it;
     # one stuck in a source must not hang the exit.
     for batches in list(_LIVE):
-        batches.close(timeout=10)
+        batches.close()
 
 
 def device_batches(
