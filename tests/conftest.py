@@ -9,9 +9,21 @@ import multiprocessing
 import os
 import pathlib
 import socket
+import sys
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Hypothesis keeps its example database (and caches) in ./.hypothesis by default: in the
+# source tree. A directory of the user's temp dir instead keeps the tree clean and still
+# replays a failing example on the next run; HYPOTHESIS_STORAGE_DIRECTORY set by the user wins.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY",
+    os.path.join(tempfile.gettempdir(), f"rampup-hypothesis-{getattr(os, 'getuid', lambda: 0)()}"),
+)
+# tests/model.py, the independent model the tests take expected values from, imports as
+# `model` in every pytest import mode.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

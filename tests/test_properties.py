@@ -2,15 +2,29 @@
 
 import functools
 import json
+from typing import NamedTuple
 
+import model
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rampup import Plan, RampupBatches, StreamBatcher, from_fn, linear, piecewise, stepwise
+from rampup import (
+    Plan,
+    RampupBatches,
+    Schedule,
+    StreamBatcher,
+    from_fn,
+    linear,
+    piecewise,
+    stepwise,
+)
 
 PROCESS_COUNTS = (1, 2, 4, 8)
+
+
+STEPS = 64  # more steps than any property below runs
 
 
 @st.composite
@@ -20,14 +34,23 @@ def piecewise_schedules(draw):
     sizes = draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
     unit = draw(st.sampled_from(["steps", "samples"]))
     scale = 1 if unit == "steps" else 8
-    return piecewise({scale * s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)}, unit=unit)
+    table = {scale * s: 8 * b for s, b in zip([0, *steps], sizes, strict=True)}
+    return Drawn(piecewise(table, unit=unit), model.sizes(table, STEPS, unit))
 
 
 @st.composite
 def stepwise_schedules(draw):
     boundaries = draw(st.sets(st.integers(0, 30), min_size=1, max_size=4))
     scales = {b: draw(st.sampled_from([1, 2, 3, 4])) for b in boundaries}
-    return stepwise(8 * draw(st.integers(1, 3)), scales, cumulative=draw(st.booleans()))
+    batch_size = 8 * draw(st.integers(1, 3))
+    cumulative = draw(st.booleans())
+    # The xLSTM rule: the latest boundary's scale, or (cumulative) the product of all so far.
+    table, factor = {0: batch_size}, 1
+    for b in sorted(scales):
+        factor = factor * scales[b] if cumulative else scales[b]
+        table[b] = batch_size * factor
+    schedule = stepwise(batch_size, scales, cumulative=cumulative)
+    return Drawn(schedule, model.sizes(table, STEPS))
 
 
 @st.composite
@@ -35,7 +58,18 @@ def linear_schedules(draw):
     start = 8 * draw(st.integers(1, 3))
     increment = 8 * draw(st.integers(1, 2))
     final = start + increment * draw(st.integers(0, 5))
-    return linear(start, increment, draw(st.integers(0, 300)), final)
+    samples = draw(st.integers(0, 300))
+    return Drawn(
+        linear(start, increment, samples, final),
+        model.linear_sizes(start, increment, samples, final, STEPS),
+    )
+
+
+class Drawn(NamedTuple):
+    """A schedule, and its sizes B(0..STEPS-1) by the model (never by the library)."""
+
+    schedule: Schedule
+    sizes: list[int]
 
 
 def schedules():
@@ -50,30 +84,24 @@ def schedules():
     st.booleans(),
     st.one_of(st.none(), st.integers(0, 2**32)),
 )
-def test_every_sample_once_per_epoch_and_sizes_follow_schedule(schedule, n, epochs, drop, seed):
+def test_every_sample_once_per_epoch_and_sizes_follow_schedule(drawn, n, epochs, drop, seed):
     b = RampupBatches(
-        np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop, shuffle_seed=seed
+        np.arange(n), drawn.schedule, num_epochs=epochs, drop_remainder=drop, shuffle_seed=seed
     )
     batches = list(b)
-    plan = Plan(schedule)
-    assert len(batches) == len(b)
-    for k, batch in enumerate(batches[:-1]):
-        assert len(batch) == plan.size(k)
-    last = len(batches) - 1
-    if batches:
-        assert len(batches[-1]) == (
-            plan.size(last) if drop else min(plan.size(last), n * epochs - plan.offset(last))
-        )
+    windows = model.windows(drawn.sizes, end=n * epochs, drop_remainder=drop)
+    assert len(batches) == len(b) == len(windows)
+    assert [len(batch) for batch in batches] == [stop - start for start, stop in windows]
     flat = np.concatenate(batches) if batches else np.array([], dtype=np.int64)
-    total = n * epochs
-    assert len(flat) == (total if not drop else plan.offset(len(batches)))
+    assert len(flat) == (windows[-1][1] if windows else 0)
     for e in range(len(flat) // n):
         assert sorted(flat[e * n : (e + 1) * n].tolist()) == list(range(n))
     assert len(set(flat[(len(flat) // n) * n :].tolist())) == len(flat) % n  # no repeats
 
 
 @given(schedules(), st.integers(8, 60), st.sampled_from(PROCESS_COUNTS), st.integers(0, 40))
-def test_process_slices_concatenate_to_one_process_batch(schedule, n, p, step):
+def test_process_slices_concatenate_to_one_process_batch(drawn, n, p, step):
+    schedule = drawn.schedule
     whole = RampupBatches(np.arange(n), schedule, shuffle_seed=5)
     parts = [
         RampupBatches(np.arange(n), schedule, shuffle_seed=5, process_index=i, process_count=p)[
@@ -92,10 +120,12 @@ def test_process_slices_concatenate_to_one_process_batch(schedule, n, p, step):
     st.booleans(),
     st.sampled_from(PROCESS_COUNTS),
 )
-def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epochs, drop, p):
+def test_finite_data_splits_evenly_between_processes_or_raises(drawn, n, epochs, drop, p):
+    schedule = drawn.schedule
     whole = RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop)
-    plan = Plan(schedule)
-    remainder = n * epochs - plan.offset(len(whole) - 1) if len(whole) else 0
+    windows = model.windows(drawn.sizes, end=n * epochs, drop_remainder=drop)
+    assert len(whole) == len(windows)
+    remainder = windows[-1][1] - windows[-1][0] if windows else 0
     make = [
         lambda i=i: RampupBatches(
             np.arange(n),
@@ -112,16 +142,19 @@ def test_finite_data_splits_evenly_between_processes_or_raises(schedule, n, epoc
             make[0]()
         return
     parts = [f() for f in make]
-    for step in range(len(whole)):
+    for step, window in enumerate(windows):
         slices = [part[step] for part in parts]
-        assert len({len(x) for x in slices}) == 1
+        for i, piece in enumerate(slices):
+            start, stop = model.share(window, i, p)
+            assert piece.tolist() == [position % n for position in range(start, stop)]
         np.testing.assert_array_equal(np.concatenate(slices), whole[step])
 
 
 @given(
     schedules(), st.integers(1, 50), st.integers(0, 60), st.one_of(st.none(), st.integers(0, 100))
 )
-def test_restore_at_random_step_continues_identically(schedule, n, step, seed):
+def test_restore_at_random_step_continues_identically(drawn, n, step, seed):
+    schedule = drawn.schedule
     b = RampupBatches(np.arange(n), schedule, shuffle_seed=seed, num_epochs=3)
     steps = len(b)
     step = min(step, steps)
@@ -139,8 +172,8 @@ def test_restore_at_random_step_continues_identically(schedule, n, step, seed):
 
 
 @given(schedules(), st.integers(1, 50), st.integers(0, 40), st.integers(1, 4))
-def test_any_worker_count_gives_the_one_worker_sequence(schedule, n, start, workers):
-    b = RampupBatches(np.arange(n), schedule, num_epochs=2)
+def test_any_worker_count_gives_the_one_worker_sequence(drawn, n, start, workers):
+    b = RampupBatches(np.arange(n), drawn.schedule, num_epochs=2)
     start = min(start, len(b))
     per_worker = [
         list(b.iter_from(start, worker_index=w, worker_count=workers)) for w in range(workers)
@@ -151,37 +184,16 @@ def test_any_worker_count_gives_the_one_worker_sequence(schedule, n, start, work
 
 
 @given(schedules(), st.integers(0, 10**6))
-def test_step_at_inverts_offset(schedule, k):
-    plan = Plan(schedule)
+def test_step_at_inverts_offset(drawn, k):
+    # Far past the model's steps: Plan's answers agree with each other and with the schedule.
+    schedule, plan = drawn.schedule, Plan(drawn.schedule)
     assert plan.step_at(plan.offset(k)) == k
     assert plan.step_at(plan.offset(k) + plan.size(k) - 1) == k
     assert plan.offset(k + 1) - plan.offset(k) == plan.size(k) == schedule(k)
 
 
-# Independent oracles: each property below checks the library against a rule written out
-# here step by step, never against Plan itself.
-
-
-def simulate(thresholds: dict[int, int], steps: int, tokens_per_sample: int = 1) -> list[int]:
-    """Sizes of steps 0..steps-1, one step at a time.
-
-    Step k takes the size of the largest threshold reached by the samples (times
-    tokens_per_sample) consumed before it.
-    """
-    sizes, consumed = [], 0
-    for _ in range(steps):
-        reached = max(t for t in thresholds if t <= consumed * tokens_per_sample)
-        sizes.append(thresholds[reached])
-        consumed += sizes[-1]
-    return sizes
-
-
-def running_sum(sizes: list[int]) -> list[int]:
-    """Offsets O(0..len(sizes)): the samples consumed before each step."""
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
-    return offsets
+# The schedules' own rules against a step-by-step simulation (tests/model.py) and against
+# Megatron-LM's published code, never against Plan itself.
 
 
 @given(
@@ -193,11 +205,11 @@ def running_sum(sizes: list[int]) -> list[int]:
 def test_sample_and_token_thresholds_match_a_step_by_step_simulation(first, later, unit, tps):
     table = {0: first, **later}
     options = {"unit": unit, **({"tokens_per_sample": tps} if unit == "tokens" else {})}
-    expected = simulate(table, 80, tps if unit == "tokens" else 1)
+    expected = model.sizes(table, 80, unit, tps if unit == "tokens" else 1)
     schedule = piecewise(table, **options)
     assert [schedule(k) for k in range(80)] == expected
     plan = Plan(schedule)
-    assert [plan.offset(k) for k in range(81)] == running_sum(expected)
+    assert [plan.offset(k) for k in range(81)] == model.running_sum(expected)
 
 
 @given(
@@ -210,7 +222,7 @@ def test_stepwise_sample_boundaries_match_a_step_by_step_simulation(batch_size, 
     if min(table.values()) < 1:
         return
     schedule = stepwise(batch_size, scales, unit="samples")
-    assert [schedule(k) for k in range(60)] == simulate(table, 60)
+    assert [schedule(k) for k in range(60)] == model.sizes(table, 60, "samples")
 
 
 def megatron_size(
@@ -245,13 +257,14 @@ def test_linear_follows_megatron_up_to_its_float_division(start, increment, n, r
 
 def test_linear_differs_from_megatron_where_its_float_division_falls_short():
     # start 3, increment 3, 36 samples, final 24: offsets 0, 3, 6, 12, 21, 36.
-    assert running_sum([linear(3, 3, 36, 24)(k) for k in range(5)])[-1] == 36
+    assert model.running_sum([linear(3, 3, 36, 24)(k) for k in range(5)])[-1] == 36
     assert megatron_size(36, 3, 3, 36, 24) == 21
     assert linear(3, 3, 36, 24)(5) == 24
 
 
 @given(schedules(), st.integers(1, 90), st.integers(1, 3), st.booleans())
-def test_stream_batcher_equals_random_access_without_shuffle(schedule, n, epochs, drop):
+def test_stream_batcher_equals_random_access_without_shuffle(drawn, n, epochs, drop):
+    schedule = drawn.schedule
     expected = list(RampupBatches(np.arange(n), schedule, num_epochs=epochs, drop_remainder=drop))
     stream = StreamBatcher(iter(np.tile(np.arange(n), epochs)), schedule, drop_remainder=drop)
     assert [b.tolist() for b in stream] == [b.tolist() for b in expected]
@@ -259,15 +272,92 @@ def test_stream_batcher_equals_random_access_without_shuffle(schedule, n, epochs
 
 @given(schedules(), schedules(), st.integers(1, 50), st.integers(0, 20), st.integers(1, 20))
 def test_continue_under_a_new_schedule_skips_and_repeats_no_sample(old, new, n, step, more):
-    it = RampupBatches(np.arange(n), old).iter_from(0)
+    it = RampupBatches(np.arange(n), old.schedule).iter_from(0)
     before = [next(it) for _ in range(step)]
     state = json.loads(json.dumps(it.get_state()))
-    resumed = RampupBatches(np.arange(n), new, on_schedule_change="continue").iter_from(0)
+    resumed = RampupBatches(np.arange(n), new.schedule, on_schedule_change="continue").iter_from(0)
     resumed.set_state(state)
     after = [next(resumed) for _ in range(more)]
-    assert [len(b) for b in after] == [new(k) for k in range(step, step + more)]
+    assert [len(b) for b in after] == new.sizes[step : step + more]
     flat = [int(v) for b in before + after for v in b]
     assert flat == [p % n for p in range(len(flat))]  # stream positions 0, 1, 2, ... in order
+
+
+@given(
+    schedules(),
+    schedules(),
+    st.integers(1, 40),
+    st.integers(1, 3),
+    st.integers(0, 12),
+    st.booleans(),
+    st.sampled_from(PROCESS_COUNTS),
+)
+def test_continue_over_finite_data_ends_where_the_moved_stream_ends(
+    old, new, n, epochs, step, drop, p
+):
+    # The run took old's sizes before `step` and takes new's from it on: the model is one
+    # stream with those sizes, cut at the end of the data.
+    step = max(k for k in range(step + 1) if model.running_sum(old.sizes)[k] <= n * epochs)
+    windows = model.windows(old.sizes[:step] + new.sizes[step:], n * epochs, drop)
+    state = RampupBatches(np.arange(n), old.schedule, num_epochs=epochs).iter_from(step)
+    state = json.loads(json.dumps(state.get_state()))
+    left = windows[step:]
+
+    def build(i):
+        return RampupBatches(
+            np.arange(n),
+            new.schedule,
+            num_epochs=epochs,
+            drop_remainder=drop,
+            process_index=i,
+            process_count=p,
+            on_schedule_change="continue",
+        )
+
+    def resume(i):
+        return build(i).iter_from(state)
+
+    def splits(windows):
+        return not windows or (windows[-1][1] - windows[-1][0]) % p == 0
+
+    unmoved = model.windows(new.sizes, n * epochs, drop)
+    if not splits(unmoved):  # built before any restore, it checks the stream from step 0
+        with pytest.raises(ValueError, match=f"last batch \\(step {len(unmoved) - 1}"):
+            build(0)
+        return
+    if not splits(left):  # the moved stream's last batch
+        with pytest.raises(ValueError, match=f"last batch \\(step {len(windows) - 1}"):
+            resume(0)
+        return
+    for i in range(p):
+        got = [b.tolist() for b in resume(i)]
+        want = [[q % n for q in range(*model.share(w, i, p))] for w in left]
+        assert got == want
+
+
+@given(
+    schedules(),
+    st.integers(0, 300),
+    st.integers(-100, 100),
+    st.booleans(),
+    st.sampled_from(PROCESS_COUNTS),
+)
+def test_a_moved_stream_has_the_windows_and_last_batch_of_the_model(drawn, end, shift, drop, p):
+    # A `continue` restore moves the stream: batch k holds [O(k) + shift, ...).
+    shift = min(shift, end)  # the data ends at or after position O(0) + shift
+    plan = Plan(drawn.schedule)
+    windows = model.windows(drawn.sizes, end, drop, first=shift)
+    last = plan.last_batch(end, drop, shift)
+    assert last == ((len(windows) - 1, windows[-1][1] - windows[-1][0]) if windows else None)
+    offsets = model.running_sum(drawn.sizes)
+    for k, window in enumerate(windows):
+        assert plan.local_window(k, 0, 1, end=end, drop_remainder=drop, shift=shift) == window
+        if (window[1] - window[0]) % p == 0:
+            for i in range(p):
+                got = plan.local_window(k, i, p, end=end, drop_remainder=drop, shift=shift)
+                assert got == model.share(window, i, p)
+        assert plan.local_offset(k, p, shift) == (offsets[k] + shift) // p
+    assert plan.local_window(len(windows), end=end, drop_remainder=drop, shift=shift) is None
 
 
 def sizes_from(table: tuple[int, ...]):
@@ -286,7 +376,7 @@ def test_from_fn_sizes_offsets_and_steps_match_the_function(table, position):
     sizes = [fn(k) for k in range(120)]
     assert [schedule(k) for k in range(120)] == sizes
     plan = Plan(schedule)
-    offsets = running_sum(sizes)
+    offsets = model.running_sum(sizes)
     assert [plan.offset(k) for k in range(121)] == offsets
     position %= offsets[120]  # within the 120 steps simulated
     assert plan.step_at(position) == max(k for k in range(120) if offsets[k] <= position)
