@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import model  # noqa: E402
 import numpy as np  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, IterableDataset  # noqa: E402
 
@@ -220,6 +221,34 @@ def test_iterator_state_dict_resumes_mid_iteration():
     again.load_state_dict(state)
     assert state["step"] == 4
     assert_same_batches(list(again), rest)
+
+
+def continued(new_sizes, at):
+    """The model's positions from step `at` of a run that took SIZES' schedule before `at`
+    and `new_sizes` from it on, over the 3 epochs: a `continue` restore keeps the position."""
+    old = model.sizes({0: 2, 5: 5, 7: 3}, at)
+    return [list(range(*w)) for w in model.windows(old + new_sizes[at:], N * 3)[at:]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_continue_restore_keeps_the_data_position_in_every_worker_setup(num_workers, loader):
+    state = RampupBatches(ARRAY, SCHEDULE, num_epochs=3).iter_from(6).get_state()  # position 15
+    new = constant(4)
+    ds = RampupIterableDataset(ARRAY, new, num_epochs=3, on_schedule_change="continue")
+    ds.load_state_dict(json.loads(json.dumps(state)))
+    want = continued([4] * 20, 6)  # 24 positions left: 6 batches, the unmoved stream has 4
+    assert len(ds) == len(want)
+    got = [(b[:, 0] // 2).tolist() for b in loader(ds, num_workers)]
+    assert got == [[p % N for p in positions] for positions in want]
+
+
+def test_a_continue_restore_moves_the_batch_samplers_lists():
+    state = RampupBatches(ARRAY, SCHEDULE, num_epochs=3).iter_from(6).get_state()
+    sampler = RampupBatchSampler(N, constant(4), num_epochs=3, on_schedule_change="continue")
+    sampler.load_state_dict(json.loads(json.dumps(state)))
+    want = continued([4] * 20, 6)
+    assert len(sampler) == len(want)
+    assert list(sampler) == [[p % N for p in positions] for positions in want]
 
 
 def test_a_state_from_another_schedule_raises():
