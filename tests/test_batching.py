@@ -2,6 +2,7 @@
 
 import json
 
+import model
 import numpy as np
 import pytest
 
@@ -117,6 +118,28 @@ def test_workers_stride_from_the_start_step():
     assert len(merged) == len(expected)
     for got, want in zip(merged, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    ("index", "count", "error"),
+    [
+        (2, 2, r"worker_index=2 is not valid for worker_count=2; valid: 0\.\.1"),
+        (3, 2, r"worker_index=3 is not valid for worker_count=2; valid: 0\.\.1"),
+        (0, 0, r"worker_count must be .*>= 1.*got 0"),
+        (-1, 2, r"worker_index must be .*>= 0.*got -1"),
+    ],
+)
+def test_a_worker_outside_the_worker_count_is_refused_naming_the_valid_ones(index, count, error):
+    b = RampupBatches(np.arange(100), SCHEDULE)
+    with pytest.raises(ValueError, match=error):
+        b.iter_from(1, worker_index=index, worker_count=count)
+
+
+def test_the_last_worker_builds_every_count_th_step_from_its_own():
+    b = RampupBatches(np.arange(100), SCHEDULE, num_epochs=1)  # steps 0..14, the last of 4
+    got = [x.tolist() for x in b.iter_from(1, worker_index=2, worker_count=3)]
+    windows = model.windows(model.sizes({0: 2, 3: 4, 5: 8}, 20), 100)
+    assert got == [list(range(*windows[k])) for k in model.worker_steps(1, 2, 3, len(windows))]
 
 
 def test_state_is_json_of_plain_ints_and_strings():

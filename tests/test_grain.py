@@ -10,10 +10,13 @@ from hypothesis import strategies as st
 
 grain = pytest.importorskip("grain")
 
+import model  # noqa: E402
+
 import rampup  # noqa: E402
 from rampup.adapters.grain import (  # noqa: E402
     RampupIterDataset,
     RampupMapDataset,
+    RampupMapIterDataset,
     process_slice,
 )
 
@@ -40,16 +43,17 @@ def xs(batches) -> list[int]:
     return [int(v) for b in batches for v in np.asarray(b["x"])]
 
 
-def expected_sizes(plan: rampup.Plan, positions: int, drop_remainder: bool) -> list[int]:
-    """Sizes of a finite stream, from the plan: full steps, then the remainder."""
-    sizes, step = [], 0
-    while plan.offset(step) < positions:
-        start, stop = plan.bounds(step)
-        if stop > positions and drop_remainder:
-            break
-        sizes.append(min(stop, positions) - start)
-        step += 1
-    return sizes
+# The schedules' sizes by the model (tests/model.py), for more steps than any test runs.
+SIZES = {
+    "stepwise": model.sizes({0: 2, 3: 4, 5: 8}, 100),
+    "piecewise": model.sizes({0: 3, 2: 5, 6: 7}, 100),
+    "linear": model.linear_sizes(2, 2, 30, 8, 100),
+}
+
+
+def expected_sizes(name: str, positions: int, drop_remainder: bool) -> list[int]:
+    """Sizes of a finite stream by the model: full steps, then the remainder."""
+    return [stop - start for start, stop in model.windows(SIZES[name], positions, drop_remainder)]
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
@@ -65,7 +69,7 @@ def test_map_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder):
         process_count=1,
     )
     batches = [ds[k] for k in range(len(ds))]
-    sizes = expected_sizes(rampup.Plan(schedule), 3 * LENGTH, drop_remainder)
+    sizes = expected_sizes(name, 3 * LENGTH, drop_remainder)
     assert [len(b["x"]) for b in batches] == sizes
     stream = [int(source()[p]["x"]) for p in range(3 * LENGTH)]
     assert xs(batches) == stream[: sum(sizes)]
@@ -83,7 +87,7 @@ def test_iter_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder, 
         parent, schedule, drop_remainder=drop_remainder, process_index=0, process_count=1
     )
     batches = list(ds)
-    sizes = expected_sizes(rampup.Plan(schedule), 2 * LENGTH, drop_remainder)
+    sizes = expected_sizes(name, 2 * LENGTH, drop_remainder)
     assert [len(b["x"]) for b in batches] == sizes
     assert xs(batches) == [int(e["x"]) for e in source().repeat(2)][: sum(sizes)]
 
@@ -91,9 +95,8 @@ def test_iter_dataset_sizes_follow_schedule_across_epochs(name, drop_remainder, 
 def test_endless_map_dataset_has_grain_endless_length_and_keeps_ramping():
     ds = RampupMapDataset(source(), SCHEDULES["piecewise"], process_index=0, process_count=1)
     assert len(ds) == len(source().repeat())
-    plan = rampup.Plan(SCHEDULES["piecewise"])
     step = 40  # far past the first epoch
-    start, stop = plan.bounds(step)
+    start, stop = model.windows(SIZES["piecewise"])[step]
     assert xs([ds[step]]) == [int(source()[p]["x"]) for p in range(start, stop)]
 
 
@@ -131,12 +134,13 @@ def test_process_slices_concatenate_to_one_process_batch(count):
 def test_any_ramp_over_any_grain_source_gives_each_element_once_per_epoch(
     length, epochs, count, sizes, first, drop_remainder
 ):
-    schedule = rampup.piecewise({0: first * count, **{k: v * count for k, v in sizes.items()}})
+    table = {0: first * count, **{k: v * count for k, v in sizes.items()}}
+    schedule = rampup.piecewise(table)
     parent = grain.MapDataset.range(length).shuffle(SEED)
-    plan = rampup.Plan(schedule)
     total = epochs * length
-    remainder = total - plan.offset(plan.num_batches(total) - 1)
-    if not drop_remainder and remainder % count:
+    windows = model.windows(model.sizes(table, total), total, drop_remainder)
+    last = model.windows(model.sizes(table, total), total)[-1]
+    if not drop_remainder and (last[1] - last[0]) % count:
         # Processes hold equal slices; a partial last batch that does not split raises.
         with pytest.raises(ValueError, match="last batch .* not divisible"):
             RampupMapDataset(
@@ -155,9 +159,9 @@ def test_any_ramp_over_any_grain_source_gives_each_element_once_per_epoch(
         for i in range(count)
     ]
     flat = [int(v) for k in range(len(parts[0])) for p in parts for v in p[k]]
-    assert [sum(len(p[k]) for p in parts) for k in range(len(parts[0]))] == expected_sizes(
-        plan, epochs * length, drop_remainder
-    )
+    assert [sum(len(p[k]) for p in parts) for k in range(len(parts[0]))] == [
+        stop - start for start, stop in windows
+    ]
     assert flat == [int(parent[p]) for p in range(len(flat))]
     for epoch in range(epochs):
         chunk = flat[epoch * length : (epoch + 1) * length]
@@ -336,10 +340,9 @@ def test_iter_state_is_the_core_stream_state(read_options):
     for _ in range(4):
         next(it)
     state = it.get_state()
-    plan = rampup.Plan(SCHEDULES["piecewise"])
     assert {k: state[k] for k in ("step", "position", "schedule")} == {
         "step": 4,
-        "position": plan.offset(4),
+        "position": sum(SIZES["piecewise"][:4]),
         "schedule": SCHEDULES["piecewise"].fingerprint,
     }
     assert "parent" in state
@@ -377,6 +380,73 @@ def test_restore_under_another_schedule_continues_from_the_saved_position(read_o
         stream[start : start + 3],
         stream[start + 3 : start + 6],
     ]
+
+
+def test_a_continue_restore_of_the_map_iterator_runs_to_the_moved_streams_end(read_options):
+    with contextlib.closing(iter(map_pipeline(read_options))) as it:
+        for _ in range(4):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))  # position 3 + 3 + 5 + 5 = 16
+    kept = RampupMapDataset(
+        source(),
+        rampup.constant(5),
+        num_epochs=3,
+        process_index=0,
+        process_count=1,
+        on_schedule_change="continue",
+    )
+    # 53 positions left: steps 4..14, the last one of 3; the unmoved stream ends at step 13.
+    windows = model.windows(SIZES["piecewise"][:4] + [5] * 20, 3 * LENGTH)[4:]
+    stream = [int(source()[p]["x"]) for p in range(3 * LENGTH)]
+    with contextlib.closing(iter(kept.to_iter_dataset(read_options))) as resumed:
+        resumed.set_state(state)
+        assert [xs([b]) for b in resumed] == [stream[start:stop] for start, stop in windows]
+
+
+@pytest.mark.parametrize(("start", "index"), [(0, 1), (3, 0), (3, 2), (3, None)])
+def test_a_workers_copy_builds_its_steps_and_restores_its_own_state(start, index, read_options):
+    # What mp_prefetch does in worker `index` of 3 of an iteration that starts at `start`:
+    # grain calls set_slice on the worker's copy of the dataset, then iterates it. With no
+    # workers (index None) the copy is iterated as it is, from `start`.
+    ramp = RampupMapDataset(
+        source(), SCHEDULES["piecewise"], num_epochs=3, process_index=0, process_count=1
+    )
+    windows = model.windows(SIZES["piecewise"], 3 * LENGTH)
+    count = 1 if index is None else 3
+    steps = model.worker_steps(start, index or 0, count, len(windows))
+    stream = [int(source()[p]["x"]) for p in range(3 * LENGTH)]
+
+    def worker():
+        ds = RampupMapIterDataset(ramp, read_options, False, (start, 0))
+        if index is not None:
+            ds.set_slice(slice(index, None, 3))
+        return contextlib.closing(iter(ds))
+
+    with worker() as it:
+        assert it.step == steps[0]
+        next(it), next(it)
+        state = json.loads(json.dumps(it.get_state()))
+        assert state["step"] == steps[2]
+        rest = [xs([b]) for b in it]
+    assert rest == [stream[slice(*windows[k])] for k in steps[2:]]
+    with worker() as it:
+        it.set_state(state)
+        assert it.step == steps[2]
+        assert [xs([b]) for b in it] == rest
+    if index is None:
+        return
+    with worker() as it:
+        for step in (steps[0] - 3, steps[1] - 1):  # before its first step; another worker's
+            if step >= 0:
+                other = RampupMapDataset(
+                    source(), SCHEDULES["piecewise"], num_epochs=3, process_index=0, process_count=1
+                )
+                with contextlib.closing(iter(other.to_iter_dataset(read_options))) as theirs:
+                    for _ in range(step):
+                        next(theirs)
+                    foreign = theirs.get_state()
+                with pytest.raises(ValueError, match=f"step {step} is not built by worker {index}"):
+                    it.set_state(foreign)
 
 
 @pytest.mark.parametrize("kind", sorted(PIPELINES))

@@ -2,9 +2,11 @@
 
 import pickle
 
+import model
 import pytest
 
 from rampup import Plan, Segment, constant, from_fn, linear, piecewise, stepwise
+from rampup.plan import WorkerStride
 
 
 @pytest.fixture
@@ -155,3 +157,27 @@ def test_plan_pickles_and_compares_by_schedule():
 def test_plan_rejects_non_schedule():
     with pytest.raises(TypeError, match="Schedule"):
         Plan(lambda k: 4)
+
+
+@pytest.mark.parametrize(
+    ("start", "index", "count", "error"),
+    [
+        (-1, 0, 1, r"step must be .*>= 0.*got -1"),
+        (0, 3, 3, r"worker_index=3 is not valid for worker_count=3; valid: 0\.\.2"),
+        (0, 0, 0, r"worker_count must be .*>= 1.*got 0"),
+    ],
+)
+def test_worker_stride_refuses_a_start_or_worker_outside_the_range(start, index, count, error):
+    with pytest.raises(ValueError, match=error):
+        WorkerStride.checked(start, index, count)
+
+
+@pytest.mark.parametrize(("start", "index", "count"), [(0, 0, 1), (5, 0, 3), (5, 2, 3), (2, 1, 4)])
+def test_worker_stride_steps_are_the_models_and_count_back(start, index, count):
+    stride = WorkerStride.checked(start, index, count)
+    steps = model.worker_steps(start, index, count, 40)
+    assert [stride.step(n) for n in range(len(steps))] == steps
+    assert [stride.batches_before(k) for k in steps] == list(range(len(steps)))
+    for k in set(range(40)) - set(steps):
+        with pytest.raises(ValueError, match=f"step {k} is not built by worker {index} of {count}"):
+            stride.batches_before(k)
