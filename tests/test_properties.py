@@ -212,6 +212,17 @@ def test_sample_and_token_thresholds_match_a_step_by_step_simulation(first, late
     assert [plan.offset(k) for k in range(81)] == model.running_sum(expected)
 
 
+@given(schedules(), st.integers(0, 2000), st.integers(1, 7))
+def test_a_token_budget_takes_the_steps_that_first_reach_it(drawn, tokens, tps):
+    # Budgets that tps does not divide included: the last sample is counted whole.
+    tokens %= 8 * STEPS * tps + 1  # within the model's steps (every size is at least 8)
+    offsets = model.running_sum(drawn.sizes)
+    steps = next(n for n, offset in enumerate(offsets) if offset * tps >= tokens)
+    plan = Plan(drawn.schedule)
+    assert plan.steps_for(tokens=tokens, tokens_per_sample=tps) == steps
+    assert plan.steps_for(samples=-(-tokens // tps)) == steps
+
+
 @given(
     st.integers(1, 16),
     st.dictionaries(st.integers(1, 300), st.sampled_from([0.5, 1, 2, 3]), max_size=4),

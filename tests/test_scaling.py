@@ -4,6 +4,7 @@ import json
 import math
 import pickle
 
+import model
 import pytest
 
 import rampup
@@ -27,6 +28,22 @@ def test_each_rule_scales_a_constant_base_by_the_batch_ratio(rule, factors):
     lr = rampup.scaled(3e-4, SCHEDULE, rule=rule)
     for step, factor in factors.items():
         assert lr(step) == pytest.approx(3e-4 * factor, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "table"),
+    [
+        (rampup.piecewise({0: 64, 4: 32, 8: 16}), {0: 64, 4: 32, 8: 16}),  # shrinks
+        (rampup.piecewise({0: 16, 4: 64, 8: 32}), {0: 16, 4: 64, 8: 32}),  # grows, then shrinks
+        (rampup.stepwise(32, {0: 2.0, 5: 0.5}), {0: 64, 5: 16}),
+    ],
+)
+def test_the_default_reference_size_is_the_largest_size_wherever_it_comes(schedule, table):
+    lr = rampup.scaled(0.1, schedule, rule="linear")
+    sizes = model.sizes(table, 12)
+    assert [lr(k) for k in range(12)] == pytest.approx(
+        [0.1 * size / max(table.values()) for size in sizes], rel=1e-15
+    )
 
 
 def test_reference_size_is_the_size_the_base_was_tuned_for():
