@@ -11,13 +11,13 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+import model  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import rampup.adapters.tf as tf_adapter  # noqa: E402
 from rampup import (  # noqa: E402
     AdaptiveSchedule,
-    Plan,
     RampupBatches,
     StreamBatcher,
     constant,
@@ -43,6 +43,13 @@ SCHEDULES = {
     "stepwise": stepwise(16, {0: 0.25, 3: 0.5, 6: 1.0}),
     "piecewise": piecewise({0: 6, 2: 9, 5: 3, 7: 12}),
     "linear": linear(3, 3, 36, 24),
+}
+# Their sizes by the model (tests/model.py), for more steps than any test runs.
+SIZES = {
+    "constant": model.sizes({0: 8}, 100),
+    "stepwise": model.sizes({0: 4, 3: 8, 6: 16}, 100),
+    "piecewise": model.sizes({0: 6, 2: 9, 5: 3, 7: 12}, 100),
+    "linear": model.linear_sizes(3, 3, 36, 24, 100),
 }
 
 Pair = collections.namedtuple("Pair", "x y")
@@ -77,11 +84,8 @@ def test_native_equals_core_over_epochs(name, drop_remainder):
     want = list(RampupBatches(data, schedule, num_epochs=4, drop_remainder=drop_remainder))
     got = [as_numpy(b) for b in ds]
     assert_batches_equal(got, want)
-    plan = Plan(schedule)
-    full = [plan.size(k) for k in range(len(got))]
-    sizes = [len(b) for b in got]
-    assert sizes[:-1] == full[:-1]
-    assert sizes[-1] == full[-1] or (not drop_remainder and sizes[-1] < full[-1])
+    windows = model.windows(SIZES[name], 4 * 23, drop_remainder)
+    assert [len(b) for b in got] == [stop - start for start, stop in windows]
 
 
 def test_native_endless_stream_equals_core():
@@ -179,7 +183,7 @@ def test_native_keeps_nested_structure_and_dtypes():
 @pytest.mark.parametrize(("seed", "prefetch", "rows"), [(0, 0, None), (1, 0, 10), (2, 3, 4)])
 def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows):
     schedule = SCHEDULES["linear"]
-    ramp_steps = Plan(schedule).segments()[-1].first_step
+    ramp_steps = SIZES["linear"].index(24)  # the first step at the final size
     at = int(np.random.default_rng(seed).integers(1, ramp_steps + 3))
     data = np.arange(29, dtype=np.int64)
     with small_chunks(rows or 1 << 16):  # small windows: a restore inside a window
@@ -194,7 +198,7 @@ def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows
     restored = iter(ds)
     tf.train.Checkpoint(iterator=restored).restore(path)
     assert_batches_equal([next(restored).numpy() for _ in range(6)], expected)
-    assert [len(b) for b in expected] == [Plan(schedule).size(k) for k in range(at, at + 6)]
+    assert [len(b) for b in expected] == SIZES["linear"][at : at + 6]
 
 
 def test_native_rejects_a_from_fn_schedule():
@@ -219,9 +223,8 @@ def test_generator_equals_core_over_shuffled_epochs(name, drop_remainder):
     )
     got = [as_numpy(b) for b in to_tf_dataset(batches)]
     assert_batches_equal(got, list(batches))
-    assert [len(b) for b in got[:-1]] == [
-        Plan(SCHEDULES[name]).size(k) for k in range(len(got) - 1)
-    ]
+    windows = model.windows(SIZES[name], 3 * 21, drop_remainder)
+    assert [len(b) for b in got] == [stop - start for start, stop in windows]
 
 
 def test_generator_over_an_iterable_starts_at_step_0_on_every_iteration():
@@ -334,7 +337,7 @@ def test_keras_fit_sees_the_scheduled_sizes(path, batch_size_metric):
     model.compile(optimizer="sgd", loss="mse", metrics=[batch_size_metric()])
     sizes = Sizes()
     model.fit(ds, steps_per_epoch=8, epochs=1, verbose=0, callbacks=[sizes])
-    assert sizes.seen == [Plan(schedule).size(k) for k in range(8)]
+    assert sizes.seen == SIZES["stepwise"][:8]
 
 
 # --- tf.distribute -----------------------------------------------------------------------------
