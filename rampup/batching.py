@@ -21,10 +21,15 @@ from rampup.permutation import permute
 from rampup.plan import Plan, WorkerStride
 from rampup.schedules import Schedule, check_count, check_flag
 
-# The version names the shuffle too: 2 is `rampup.permutation.ALGORITHM`, where 1 was a
-# materialized NumPy permutation. A change of the shuffle's order must bump it.
-STATE_VERSION = 2
+# The version names the shuffle too: 3 is `rampup.permutation.ALGORITHM`. A change of the
+# shuffle's order must bump it and say here what the older version shuffled with.
+STATE_VERSION = 3
 """The `"version"` of the checkpoint states this rampup writes; it restores no other."""
+OLD_SHUFFLES = {
+    1: "a materialized NumPy permutation",
+    2: "a keyed bijection (modfeistel6-blake2b-splitmix64) whose orders of small sets "
+    "were not uniform",
+}
 VERSION_KEY = "version"
 STEP_KEY = "step"
 POSITION_KEY = "position"
@@ -94,16 +99,17 @@ def read_state(
     """Checks a state against `plan`; returns its (step, shift), the shift as in `make_state`.
 
     Raises:
-      ValueError: the state is malformed, of another version (version 1 shuffled
-        in another order), or from another schedule while `on_schedule_change="raise"`.
+      ValueError: the state is malformed, of another version (versions 1 and 2
+        shuffled in other orders), or from another schedule while `on_schedule_change="raise"`.
     """
     required = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY, *keys)
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ValueError(f"not a rampup state: expected a dict with keys {required}, got {state!r}")
-    if state[VERSION_KEY] == 1:
+    old = state[VERSION_KEY]
+    if isinstance(old, int) and old in OLD_SHUFFLES:
         raise ValueError(
-            f"this state (step {state[STEP_KEY]!r}) is of version 1, written by an earlier "
-            "rampup that shuffled each epoch with a materialized NumPy permutation; this rampup "
+            f"this state (step {state[STEP_KEY]!r}) is of version {old}, written by an earlier "
+            f"rampup that shuffled each epoch with {OLD_SHUFFLES[old]}; this rampup "
             f"shuffles with a keyed bijection ({SHUFFLE_ALGORITHM}), so restoring it would "
             "feed other samples than the run it continues. Restart from step 0, or resume "
             f"with the rampup that wrote it; this rampup reads version {STATE_VERSION}"

@@ -13,6 +13,19 @@ network again until it lands inside, which a permutation of a finite set
 always does. Since `a * b - length < a`, the walk is rare (about one value in
 `sqrt(length)` needs it), so a batch of indices costs about one pass.
 
+A Feistel network reaches only part of the N! orders of a set: when both
+halves are odd and fill `[0, length)` exactly (81, 121, ...), every round is an
+even permutation, so no odd order ever occurs. A keyed transposition after the
+walk (values 0 and 1 swap for half of the (seed, epoch) keys) makes odd and
+even orders equally likely at every length. For small sets the missing
+orders are measurable one by one, so up to `SMALL_LENGTH` items an epoch is
+shuffled by sorting instead: item `j` gets the key
+`splitmix64(epoch_key + k + (j + 1) * GAMMA)`, the j-th value of a splitmix64
+stream, and the shuffle is the stable argsort of the keys, which makes every
+order equally likely. Only the epochs a batch touches are sorted,
+each in `O(SMALL_LENGTH)`, so a batch of B consecutive positions still costs
+O(B) and memory does not grow with the length.
+
 The round keys come from (seed, epoch) through BLAKE2b and splitmix64's
 finalizer, in fixed-width unsigned arithmetic: the same on every process,
 worker and machine. `ALGORITHM` names this construction in checkpoint states;
@@ -29,7 +42,8 @@ import numpy as np
 
 from rampup.schedules import check_count
 
-ALGORITHM = "modfeistel6-blake2b-splitmix64"
+ALGORITHM = "sort64-modfeistel6-swap-blake2b-splitmix64"
+SMALL_LENGTH = 64  # up to here an epoch is shuffled by sorting keys
 ROUNDS = 6  # even: the halves end with the ranges they started with
 MAX_LENGTH = 2**62  # positions are int64; the halves then stay below 2**32
 
@@ -37,6 +51,7 @@ _U64 = np.uint64
 _MIX1 = _U64(0xBF58476D1CE4E5B9)
 _MIX2 = _U64(0x94D049BB133111EB)
 _S30, _S27, _S31 = _U64(30), _U64(27), _U64(31)
+_GAMMA = _U64(0x9E3779B97F4A7C15)  # splitmix64's increment
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -99,6 +114,21 @@ def _network(
     return left * b + right
 
 
+def _sorted(
+    index: np.ndarray, epoch_key: np.ndarray, seed: int, length: int, inverse: bool
+) -> np.ndarray:
+    """The sorting shuffle of a small set: one row of keys per distinct epoch key."""
+    rows, row_of = np.unique(epoch_key, return_inverse=True)
+    counter = (np.arange(length, dtype=_U64) + _U64(1)) * _GAMMA
+    keys = _mix(rows[:, None] + _seed_keys(seed)[0] + counter)
+    order = np.argsort(keys, axis=1, kind="stable")  # stable: ties, if any, by item
+    if inverse:
+        where = np.empty_like(order)
+        np.put_along_axis(where, order, np.arange(length)[None, :], axis=1)
+        order = where
+    return order[row_of.reshape(-1), index.astype(np.int64)]
+
+
 def _walk(
     index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int, inverse: bool
 ) -> np.ndarray:
@@ -119,14 +149,32 @@ def _walk(
     if length == 1:
         return np.zeros(index.shape, np.int64)
     flat_key = _epoch_keys(seed, epoch.reshape(-1))
-    out = _network(index.reshape(-1).astype(_U64), flat_key, seed, length, inverse)
+    if length <= SMALL_LENGTH:
+        out = _sorted(index.reshape(-1), flat_key, seed, length, inverse)
+        return out.astype(np.int64).reshape(index.shape)
+    flip = _mix(flat_key + _GAMMA) >> _U64(63)  # one key bit per epoch
+    x = index.reshape(-1).astype(_U64)
+    if inverse:
+        x = _transpose(x, flip)
+    out = _network(x, flat_key, seed, length, inverse)
     # Cycle-walking: only the values still past the end go round again.
     todo = np.flatnonzero(out >= _U64(length))
     while todo.size:
         again = _network(out[todo], flat_key[todo], seed, length, inverse)
         out[todo] = again
         todo = todo[again >= _U64(length)]
+    if not inverse:
+        out = _transpose(out, flip)
     return out.astype(np.int64).reshape(index.shape)
+
+
+def _transpose(x: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Swaps the values 0 and 1 where `flip` is 1: a keyed transposition, its own inverse.
+
+    A network whose halves are both odd and fill `[0, length)` exactly (length 81,
+    121, ...) composes even permutations only; this makes odd orders as likely.
+    """
+    return np.where((flip == _U64(1)) & (x < _U64(2)), x ^ _U64(1), x)
 
 
 def permute(index: np.ndarray, length: int, seed: int, epoch: np.ndarray | int) -> np.ndarray:
