@@ -26,6 +26,7 @@ from rampup.plan import Plan
 from rampup.schedules import Rules, Schedule, check_count, check_size
 
 ADAPTIVE_STATE_VERSION = 1
+FINGERPRINT_STRIDE = 64
 VERSION_KEY = "version"
 CONFIG_KEY = "config"
 DECISIONS_KEY = "decisions"
@@ -99,6 +100,10 @@ class _Log:
         self.proposed_until = 0
         self.streak = 0
         self.revision = 0
+        self.generation = 0  # counts restores: they may replace decisions, not only add
+        # Hash states of the fingerprint text after every FINGERPRINT_STRIDE-th segment,
+        # so a fingerprint feeds at most that many segments (filled lazily).
+        self.marks: list[Any] = []
 
 
 class AdaptiveSchedule(Schedule):
@@ -201,16 +206,26 @@ class AdaptiveSchedule(Schedule):
         with self._log.lock:
             return tuple(self._log.sizes)
 
-    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
-        """`(revision, starts, sizes, decided_until)`, consistent with one another."""
+    def snapshot(self, since: int = 0) -> tuple[int, int, tuple[int, ...], tuple[int, ...], int]:
+        """`(revision, generation, starts, sizes, decided_until)`, consistent with one another.
+
+        `starts` and `sizes` hold the segments from index `since` on (a plan takes in
+        the new ones only); `generation` counts the restores (`set_state`).
+        """
         log = self._log
         with log.lock:
             return (
                 log.revision,
-                tuple(log.starts),
-                tuple(log.sizes),
+                log.generation,
+                tuple(log.starts[since:]),
+                tuple(log.sizes[since:]),
                 log.proposed_until + self.lag,
             )
+
+    @property
+    def decision_count(self) -> int:
+        """How many decisions were made so far (`len(decisions)`, in O(1))."""
+        return len(self._log.starts) - 1
 
     @property
     def revision(self) -> int:
@@ -228,10 +243,12 @@ class AdaptiveSchedule(Schedule):
     def __call__(self, step: int) -> int:
         """The global batch size at `step`."""
         step = check_count(step, "step")
-        revision, starts, sizes, decided_until = self.snapshot()
-        if step >= decided_until:
-            raise self.undecided(step, decided_until)
-        return sizes[bisect.bisect_right(starts, step) - 1]
+        log = self._log
+        with log.lock:
+            decided_until = log.proposed_until + self.lag
+            if step < decided_until:
+                return log.sizes[bisect.bisect_right(log.starts, step) - 1]
+        raise self.undecided(step, decided_until)
 
     def undecided(self, step: int, decided_until: int) -> Exception:
         """The error for a size asked at `step` before it is decided."""
@@ -370,7 +387,8 @@ class AdaptiveSchedule(Schedule):
     @property
     def fingerprint(self) -> str:
         """Identifies the configuration and every decision made so far."""
-        return self._fingerprint(len(self._log.starts))
+        with self._log.lock:
+            return self._fingerprint(len(self._log.starts))
 
     def fingerprint_at(self, step: int) -> str:
         """Identifies the configuration and the sizes of the steps before `step`.
@@ -383,20 +401,44 @@ class AdaptiveSchedule(Schedule):
           ValueError: steps before `step` are not all decided yet.
         """
         step = check_count(step, "step")
-        revision, starts, sizes, decided_until = self.snapshot()
-        if step > decided_until:
-            raise ValueError(
-                f"a state at step {step} needs the adaptive schedule's decisions up to step "
-                f"{step}, but they are known only for steps < {decided_until}: restore the "
-                "schedule state saved with the data state first"
-            )
-        return self._fingerprint(bisect.bisect_left(starts, step))
+        log = self._log
+        with log.lock:
+            decided_until = log.proposed_until + self.lag
+            if step <= decided_until:
+                return self._fingerprint(bisect.bisect_left(log.starts, step))
+        raise ValueError(
+            f"a state at step {step} needs the adaptive schedule's decisions up to step "
+            f"{step}, but they are known only for steps < {decided_until}: restore the "
+            "schedule state saved with the data state first"
+        )
 
     def _fingerprint(self, count: int) -> str:
-        with self._log.lock:
-            segments = list(zip(self._log.starts[:count], self._log.sizes[:count], strict=True))
-        text = json.dumps([self.config, segments], separators=(",", ":"))
-        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        """The hash of `[config, first count segments]` as compact JSON; under the lock.
+
+        The text is fed segment by segment from the nearest saved hash state, so
+        the cost does not grow with the number of decisions.
+        """
+        log = self._log
+        stride = FINGERPRINT_STRIDE
+        if not log.marks:
+            log.marks.append(hashlib.sha256(f"[{json.dumps(self.config)},[".encode()))
+        while len(log.marks) <= count // stride:
+            mark = log.marks[-1].copy()
+            first = (len(log.marks) - 1) * stride
+            mark.update(self._segments_text(first, first + stride))
+            log.marks.append(mark)
+        first = count // stride * stride
+        digest = log.marks[count // stride].copy()
+        digest.update(self._segments_text(first, count) + b"]]")
+        return "sha256:" + digest.hexdigest()[:16]
+
+    def _segments_text(self, first: int, stop: int) -> bytes:
+        """Segments `[first, stop)` as they appear in the fingerprint's JSON list."""
+        if first >= stop:
+            return b""
+        log = self._log
+        parts = (f"[{log.starts[i]},{log.sizes[i]}]" for i in range(first, stop))
+        return ("," if first else "").encode() + ",".join(parts).encode()
 
     def get_state(self) -> dict[str, Any]:
         """The decisions and the policy's progress; JSON-able ints and strings."""
@@ -461,6 +503,8 @@ class AdaptiveSchedule(Schedule):
             log.starts, log.sizes = starts, sizes
             log.proposed_until, log.streak = proposed_until, streak
             log.revision += 1
+            log.generation += 1
+            log.marks = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {"args": json.loads(self.config), "state": self.get_state()}
@@ -546,13 +590,13 @@ class Follower(Iterator[Any]):
             return False
         decisions, decided_until = self._known
         schedule = self.schedule
-        return len(schedule.decisions) != decisions or self._step + self.run_ahead >= decided_until
+        return schedule.decision_count != decisions or self._step + self.run_ahead >= decided_until
 
     def __next__(self) -> Any:
         iterator = self._iterator
         if iterator is None or self._stale():
             schedule = self.schedule
-            self._known = (len(schedule.decisions), schedule.decided_until)
+            self._known = (schedule.decision_count, schedule.decided_until)
             if iterator is not None:
                 self.restarts += 1
             iterator = self._iterator = self.start(self._step)

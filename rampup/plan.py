@@ -72,7 +72,10 @@ class Plan:
         # append-only, a segment complete in all three lists before `_known` passes it, so
         # readers of steps below `_known` need no lock. An online schedule (AdaptiveSchedule)
         # appends segments too: `_sync` takes them in.
-        self._revision, starts, sizes, self._decided_until = schedule.snapshot()
+        self._revision, self._generation, starts, sizes, self._decided_until = schedule.snapshot()
+        # divisor -> (segments scanned, indices of the segments it does not divide): an
+        # online schedule's layout checks look at the new segments only.
+        self._not_dividing: dict[int, tuple[int, list[int]]] = {}
         self._starts = list(starts)
         self._sizes = list(sizes)
         self._offsets = [0]
@@ -111,13 +114,12 @@ class Plan:
         """
         if self.schedule.revision != self._revision:
             with self._lock:
-                revision, starts, sizes, decided_until = self.schedule.snapshot()
-                if list(starts[: len(self._starts)]) != self._starts:  # restored: start over
+                snapshot = self.schedule.snapshot(len(self._starts))
+                revision, generation, starts, sizes, decided_until = snapshot
+                if generation != self._generation:  # restored: start over
                     Plan.__init__(self, self.schedule)
                     return self._sync(step)
-                for start, size in zip(
-                    starts[len(self._starts) :], sizes[len(self._starts) :], strict=True
-                ):
+                for start, size in zip(starts, sizes, strict=True):
                     steps = start - self._starts[-1]
                     self._offsets.append(self._offsets[-1] + steps * self._sizes[-1])
                     self._sizes.append(size)
@@ -573,12 +575,35 @@ class Plan:
         return self._first_divisible(divisor, until_step)
 
     def _first_divisible(self, divisor: int, until_step: int | None) -> int | None:
-        """`divisible_from` over `segments(until_step)` (an online schedule's decided ones)."""
-        first: int | None = 0
-        for segment in self.segments(until_step):
-            if segment.size % divisor:
-                first = None if segment.last_step is None else segment.last_step + 1
-        return first
+        """`divisible_from` over `segments(until_step)` (an online schedule's decided ones).
+
+        Segments are append-only, so the ones `divisor` does not divide are
+        remembered: a query costs O(log segments) plus the segments new since.
+        """
+        if self.schedule.rules.multiple_of % divisor == 0:
+            return 0
+        if until_step is None:
+            if not self.schedule.segmented:
+                raise ValueError("a from_fn schedule has no known end: pass until_step")
+        else:
+            until_step = check_count(until_step, "until_step")
+            if not self.schedule.segmented and until_step:
+                self._grow_to_step(until_step - 1)
+        self._sync(None if not until_step else until_step - 1)
+        with self._lock:
+            scanned, bad = self._not_dividing.get(divisor, (0, []))
+            sizes = self._sizes
+            bad.extend(i for i in range(scanned, len(sizes)) if sizes[i] % divisor)
+            self._not_dividing[divisor] = (len(sizes), bad)
+            count = len(sizes)
+            if until_step is not None:
+                count = bisect.bisect_left(self._starts, until_step, 0, count)
+            last_bad = bisect.bisect_left(bad, count) - 1
+            if last_bad < 0:
+                return 0
+            if bad[last_bad] == count - 1:  # the last segment in range
+                return until_step
+            return self._starts[bad[last_bad] + 1]
 
     def check_layout(
         self,

@@ -323,9 +323,15 @@ class Schedule:
         """The first step whose size may still change; None when every step is fixed."""
         return None
 
-    def snapshot(self) -> tuple[int, tuple[int, ...], tuple[int, ...], int | None]:
-        """`(revision, starts, sizes, decided_until)`, consistent with one another."""
-        return self.revision, self.starts, self.sizes, self.decided_until
+    def snapshot(
+        self, since: int = 0
+    ) -> tuple[int, int, tuple[int, ...], tuple[int, ...], int | None]:
+        """`(revision, generation, starts, sizes, decided_until)`, consistent with one another.
+
+        `starts` and `sizes` hold the segments from index `since` on; `generation`
+        counts the restores of an online schedule, which may replace earlier segments.
+        """
+        return self.revision, 0, self.starts[since:], self.sizes[since:], self.decided_until
 
     def undecided(self, step: int, decided_until: int) -> Exception:
         """The error for a size asked at `step`, which is not decided yet."""

@@ -1,7 +1,9 @@
 """AdaptiveSchedule: a schedule decided online, exact on resume."""
 
+import hashlib
 import json
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -368,3 +370,71 @@ def test_a_state_deciding_a_size_outside_the_allowed_or_the_bounds_is_refused(si
     schedule = build()
     schedule.set_state(legal)
     assert schedule.starts == (0, 3) and schedule.sizes == (16, 32)
+
+
+def flipping(decisions: int) -> AdaptiveSchedule:
+    """A schedule with a decision at every one of its first `decisions` steps (8, 16, 8, ...)."""
+    schedule = AdaptiveSchedule(8, lag=2, max_size=16, policy=GrowthPolicy(2, 1, shrink=True))
+    for k in range(decisions):
+        schedule.propose(k, 100.0 if k % 2 == 0 else 1.0)
+    assert len(schedule.decisions) == decisions
+    return schedule
+
+
+def python_calls_per_step(decisions: int, steps: int = 50) -> int:
+    """Python function calls (a count, not a time) of `steps` followed steps past `decisions`.
+
+    Each step builds a batch through `follow` (a restart, since a decision came),
+    proposes, and writes the data state, on one of four processes.
+    """
+    schedule = AdaptiveSchedule(
+        12, lag=2, min_size=6, max_size=24, policy=GrowthPolicy(2, 1, shrink=True)
+    )
+    # A decision at every step: 6 and 12 in turn for the first half (4 processes cannot
+    # split 6), then 24 and 12, which they can.
+    sizes = [(6 if k < decisions // 2 else 24) if k % 2 == 0 else 12 for k in range(decisions)]
+    state = dict(schedule.get_state(), proposed_until=decisions)
+    state["decisions"] = [[k + 2, size] for k, size in enumerate(sizes)]
+    schedule.set_state(state)
+    batches = RampupBatches(np.arange(10**6), schedule, process_count=4, process_index=1)
+    it = rampup.follow(batches.iter_from, batches.plan, step=decisions)
+
+    def flip(k: int) -> None:  # 12 grows to 24, 24 shrinks to 12, from step k + 2 on
+        schedule.propose(k, 100.0 if schedule(k + 1) == 12 else 1.0)
+
+    next(it)
+    flip(decisions)
+    it.get_state()  # the first fingerprint reads every decision once; later ones do not
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"
+
+    sys.setprofile(count)
+    try:
+        for k in range(decisions + 1, decisions + 1 + steps):
+            next(it)
+            flip(k)
+            it.get_state()
+    finally:
+        sys.setprofile(None)
+    return calls // steps
+
+
+def test_a_step_costs_the_same_at_a_thousand_and_at_sixteen_thousand_decisions():
+    # Linear lookups would make the second count sixteen times larger: every
+    # decision a segment copied, compared or checked again at every step.
+    few, many = python_calls_per_step(1_000), python_calls_per_step(16_000)
+    assert many <= few * 1.2, (few, many)
+
+
+@pytest.mark.parametrize("count", [0, 1, 63, 64, 65, 130])
+def test_fingerprints_are_the_hash_of_the_decisions_before_the_step(count):
+    schedule = flipping(count)
+    for step in {0, 1, count, count + 1}:
+        pairs = zip(schedule.starts, schedule.sizes, strict=True)
+        before = [[s, z] for s, z in pairs if s < step]
+        text = json.dumps([schedule.config, before], separators=(",", ":"))
+        expected = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        assert schedule.fingerprint_at(step) == expected

@@ -15,7 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from rampup import Plan, RampupBatches, constant, default_collate, linear, piecewise
+from rampup import (
+    AdaptiveSchedule,
+    GrowthPolicy,
+    Plan,
+    RampupBatches,
+    constant,
+    default_collate,
+    follow,
+    linear,
+    piecewise,
+)
 from rampup.benchmarks.harness import at_most, main, median_seconds, probe, ratio, reported
 
 # The imports of every scale probe; the idle interpreter runs these alone.
@@ -122,6 +132,33 @@ def restore_far_vs_near(quick: bool) -> dict[str, Any]:
     )
 
 
+def adaptive_steps(quick: bool) -> list[dict[str, Any]]:
+    """A decision at every step: a followed step at 10^5 decisions vs at 10^3 (O(log n): ~1)."""
+    steps = 200 if quick else 1_000
+
+    def per_step(decisions: int) -> float:
+        schedule = AdaptiveSchedule(8, lag=2, max_size=16, policy=GrowthPolicy(2, 1, shrink=True))
+        for k in range(decisions):
+            schedule.propose(k, 100.0 if k % 2 == 0 else 1.0)
+        batches = RampupBatches(np.arange(2 * 10**6), schedule)
+        it = follow(batches.iter_from, batches.plan, step=decisions)
+        it.get_state()  # the first fingerprint reads every decision once, later ones do not
+        start = time.perf_counter()
+        for k in range(decisions, decisions + steps):
+            next(it)
+            schedule.propose(k, 100.0 if k % 2 == 0 else 1.0)
+            it.get_state()
+        return (time.perf_counter() - start) / steps
+
+    few, many = per_step(1_000), per_step(100_000)
+    return [
+        reported("adaptive, a decision every step: microseconds a step at 10^5", many * 1e6),
+        at_most(
+            "adaptive, a decision every step: time per step at 10^5 / at 10^3", many / few, 2.0
+        ),
+    ]
+
+
 def _peaks(got: dict[str, float]) -> dict[str, float]:
     """Both peaks behind a "MB above idle" figure, for the JSON rows."""
     return {"busy_peak_mb": got["busy_peak_mb"], "idle_peak_mb": got["idle_peak_mb"]}
@@ -214,6 +251,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         collate_vs_stack(4096, quick),
         offset_queries(quick),
         restore_far_vs_near(quick),
+        *adaptive_steps(quick),
         *shuffled_first_batch(9),
         *shuffled_first_batch(12),
         *batch_larger_than_data(quick),
