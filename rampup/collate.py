@@ -82,6 +82,17 @@ def _leaf_mismatch(leaves: Sequence[Any]) -> int:
     return 0
 
 
+def _uniform(leaves: Sequence[Any]) -> bool:
+    """All leaves are NumPy arrays or scalars of leaf 0's dtype and shape."""
+    first = leaves[0]
+    return all(
+        isinstance(leaf, (np.ndarray, np.generic))
+        and leaf.dtype == first.dtype
+        and leaf.shape == first.shape
+        for leaf in leaves
+    )
+
+
 def _same_text_kind(leaves: Sequence[Any]) -> bool:
     """All leaves are NumPy strings (or all bytes) of one shape, whatever their widths."""
     first = leaves[0]
@@ -126,16 +137,24 @@ def _stack(
         ]
         return kind(*parts) if hasattr(first, "_fields") else kind(parts)
     if isinstance(first, (np.ndarray, np.generic)):
-        try:
-            if allocate is None or first.dtype.hasobject:
-                return np.stack(leaves, dtype=first.dtype, casting="no")
+        if allocate is not None and not first.dtype.hasobject and _uniform(leaves):
             buffer = allocate((len(leaves), *first.shape), first.dtype)
-            return np.stack(leaves, out=buffer, casting="no")  # its dtype is first.dtype
+            return np.stack(leaves, out=buffer, casting="no")
+        try:
+            stacked = np.stack(leaves, dtype=first.dtype, casting="no")
         except (ValueError, TypeError) as e:
-            if first.dtype.kind in "US" and _same_text_kind(leaves):
-                return np.stack(leaves)  # the widest string's width, as grain's batch gives
-            i = _leaf_mismatch(leaves)
-            raise _mismatch(elements, i, path, "different dtype or shape") from e
+            if not (first.dtype.kind in "US" and _same_text_kind(leaves)):
+                i = _leaf_mismatch(leaves)
+                raise _mismatch(elements, i, path, "different dtype or shape") from e
+            stacked = np.stack(leaves)  # the widest string's width, as grain's batch gives
+        if allocate is None or stacked.dtype.hasobject:
+            return stacked
+        # Strings of several widths: the buffer is allocated once the widest is known,
+        # as grain's batch does. One allocated for the first width would fail to take
+        # the batch and stay behind: shared memory nothing releases, a segment a batch.
+        buffer = allocate(stacked.shape, stacked.dtype)
+        buffer[...] = stacked
+        return buffer
     if first is None:
         for i, leaf in enumerate(leaves):
             if leaf is not None:

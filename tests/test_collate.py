@@ -119,3 +119,18 @@ def test_numpy_strings_of_different_widths_stack_to_the_widest():
 def test_strings_and_bytes_do_not_mix():
     with pytest.raises(ValueError, match="element 1 .*different dtype"):
         default_collate([np.str_("a"), np.bytes_(b"abc")])
+
+
+def test_shared_memory_is_allocated_once_for_strings_of_varying_width():
+    # Under grain's mp_prefetch each allocation is a /dev/shm segment: one allocated for
+    # the first string's width, which the batch does not fit, would never be released.
+    allocated = []
+
+    def allocate(shape, dtype):
+        allocated.append(np.zeros(shape, dtype))
+        return allocated[-1]
+
+    elements = [{"word": np.array("a")}, {"word": np.array("abc")}, {"word": np.array("ab")}]
+    batch = default_collate(elements, allocate=allocate)
+    assert batch["word"].tolist() == ["a", "abc", "ab"] and batch["word"].dtype == "<U3"
+    assert len(allocated) == 1 and allocated[0] is batch["word"]
