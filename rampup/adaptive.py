@@ -165,6 +165,14 @@ class AdaptiveSchedule(Schedule):
         if not isinstance(policy, GrowthPolicy):
             raise TypeError(f"policy must be a rampup.GrowthPolicy, got {policy!r}")
         allowed = None
+        if allowed_sizes is not None and (
+            isinstance(allowed_sizes, (str, bytes)) or not isinstance(allowed_sizes, Iterable)
+        ):
+            raise TypeError(
+                f"allowed_sizes={allowed_sizes!r} is not a collection of sizes; pass the sizes "
+                f"a decision may pick as a list, e.g. allowed_sizes=[{allowed_sizes!r}] or "
+                "[8, 16, 32]"
+            )
         if allowed_sizes is not None:
             allowed = tuple(
                 sorted({rules.check(check_size(s, "allowed_sizes"), 0) for s in allowed_sizes})

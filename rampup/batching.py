@@ -132,6 +132,22 @@ def read_state(
     return step, position - plan.offset(step)
 
 
+def source_length(source: Any) -> int:
+    """`len(source)`, refused with the source's type when its `__len__` is not an int.
+
+    Python's own error ("'float' object cannot be interpreted as an integer")
+    names neither the source nor its `__len__`.
+    """
+    length = type(source).__len__(source) if hasattr(type(source), "__len__") else len(source)
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(
+            f"the source's __len__ ({type(source).__name__}.__len__) returned {length!r} "
+            f"({type(length).__name__}); it must return the number of items as an int, e.g. "
+            "return int(n)"
+        )
+    return length
+
+
 class RandomAccessSource(Protocol):
     """What `RampupBatches` reads: a length and items by index.
 
@@ -197,7 +213,7 @@ class RampupBatches:
     ) -> None:
         self.source = source
         self.plan = as_plan(schedule)
-        self.length = len(source)
+        self.length = source_length(source)
         if self.length < 1:
             raise ValueError(f"the source is empty (len {self.length}); nothing to batch")
         self.wrap = check_flag(wrap, "wrap")
@@ -528,7 +544,10 @@ class StreamBatcher(ScheduledIterator):
         on_schedule_change: str = "raise",
     ) -> None:
         if iterator is None:
-            raise TypeError("StreamBatcher needs an iterable of elements, got None")
+            raise TypeError(
+                "StreamBatcher(iterator=None): iterator must be an iterable of elements (a "
+                "generator, a list, a framework's iterator), got None"
+            )
         self.parent = iter(iterator)
         self.plan = as_plan(schedule)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")

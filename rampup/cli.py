@@ -47,7 +47,16 @@ def count(minimum: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+            digits = text.strip().lstrip("+-").replace("_", "")
+            if digits.isdigit() and len(digits) > sys.get_int_max_str_digits():
+                raise argparse.ArgumentTypeError(
+                    f"must be an int >= {minimum} of at most {sys.get_int_max_str_digits():,} "
+                    f"digits (Python's limit for reading integers), got one of {len(digits):,} "
+                    "digits"
+                ) from None
+            raise argparse.ArgumentTypeError(
+                f"must be an int >= {minimum}, got {text!r:.80}"
+            ) from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {value}")
         return value
@@ -55,7 +64,28 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _too_many_digits(where: str, error: ValueError) -> ValueError | None:
+    """The error for an integer past Python's digit limit (its own message names no place)."""
+    if "limit" not in str(error) or "digits" not in str(error):
+        return None
+    return ValueError(
+        f"{where}: holds an integer of more than {sys.get_int_max_str_digits():,} digits, "
+        "Python's limit for reading integers; sizes, steps and thresholds are far smaller: "
+        "check the value"
+    )
+
+
 def _parse_file(path: pathlib.Path) -> Any:
+    try:
+        return _parse_text(path)
+    except ValueError as e:
+        too_long = _too_many_digits(str(path), e)
+        if too_long is None:
+            raise
+        raise too_long from None
+
+
+def _parse_text(path: pathlib.Path) -> Any:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -127,7 +157,7 @@ def load_spec(spec: str) -> dict[str, Any]:
     Raises:
       ValueError: naming the file (and line) or the inline text, and what would be valid.
     """
-    if spec.lstrip().startswith("{"):
+    if spec.lstrip().startswith(("{", "[")):
         where = "--schedule"
         try:
             config = json.loads(spec)
@@ -135,11 +165,19 @@ def load_spec(spec: str) -> dict[str, Any]:
             raise ValueError(
                 f"--schedule is not valid JSON at column {e.colno}: {e.msg}; give {SCHEDULE_FORMS}"
             ) from None
+        except ValueError as e:
+            raise _too_many_digits(where, e) or e from None
     else:
         path = pathlib.Path(spec)
-        if not path.is_file():
+        if not path.exists():
             missing = "no such file" if path.suffix else "neither inline JSON nor a file"
             raise ValueError(f"--schedule {spec!r}: {missing}; give {SCHEDULE_FORMS}")
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file (a pipe or a device)"
+            raise ValueError(
+                f"--schedule {spec!r}: {kind}; give the path of a schedule file, or "
+                f"{SCHEDULE_FORMS}"
+            )
         where = str(path)
         config = _parse_file(path)
     _check_expansion(config, where)

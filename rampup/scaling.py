@@ -14,6 +14,7 @@ segments' factors from it and never compute a factor themselves).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable
@@ -155,13 +156,39 @@ class Scaling:
         t = self.t(step)
         base = self.base(t) if callable(self.base) else self.base
         value = _as_real(base)
-        if value is None or not math.isfinite(value) or value < 0:
+        if value is None:
+            shape = getattr(base, "shape", None)
+            what = f"an array of shape {shape}" if shape is not None else type(base).__name__
+            raise TypeError(
+                f"base returned {base!r:.80} ({what}) at step {step} (t={t}, "
+                f"unit={self.unit!r}); base must be a number or a function of t that returns "
+                "one number (a float, an int or a 0-d array), e.g. lambda t: 3e-4 * min(1, "
+                "t / 1000)"
+            )
+        if not math.isfinite(value) or value < 0:
             raise ValueError(
                 f"base gives {base!r} at step {step} (t={t}, unit={self.unit!r}); a base "
                 "must be a finite number >= 0 (a float, or a function of t returning one), "
                 "or the scaled value would be NaN, infinite or negative"
             )
         return value * factor
+
+
+def _check_one_argument(rule: Callable[..., Any]) -> None:
+    """Refuses a rule that cannot be called with the ratio alone, naming its parameters."""
+    try:
+        signature = inspect.signature(rule)
+    except (TypeError, ValueError):  # a builtin without a signature: its call will tell
+        return
+    try:
+        signature.bind(1.0)
+    except TypeError:
+        name = getattr(rule, "__qualname__", type(rule).__name__)
+        raise TypeError(
+            f"rule={name}{signature} cannot be called with one argument: a rule is a function "
+            "of the ratio B(k) / reference_size alone, e.g. rule=lambda ratio: ratio ** 0.5, "
+            "or a name: " + ", ".join(RULES)
+        ) from None
 
 
 def resolve(
@@ -195,6 +222,8 @@ def resolve(
             f"rule={rule!r} ({type(rule).__name__}) is neither a rule name "
             f"({', '.join(RULES)}) nor a callable of the ratio"
         )
+    else:
+        _check_one_argument(rule)
     if not isinstance(unit, str):
         raise TypeError(f"unit={unit!r} is not a string; valid units: {', '.join(UNITS)}")
     if unit not in UNITS:

@@ -438,3 +438,11 @@ def test_fingerprints_are_the_hash_of_the_decisions_before_the_step(count):
         text = json.dumps([schedule.config, before], separators=(",", ":"))
         expected = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
         assert schedule.fingerprint_at(step) == expected
+
+
+@pytest.mark.parametrize("value", [16, "16"])
+def test_allowed_sizes_that_are_not_a_collection_are_named_with_the_fix(value):
+    with pytest.raises(
+        TypeError, match=rf"allowed_sizes={value!r} is not a collection.*\[{value!r}\]"
+    ):
+        AdaptiveSchedule(8, allowed_sizes=value)

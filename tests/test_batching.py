@@ -351,3 +351,23 @@ def test_a_position_past_int64_is_refused_at_restore_naming_the_limit(shuffle_se
         batches.iter_from(last + 1)
     far = batches.iter_from(10**16)  # far, and still exact
     assert next(far).tolist() == [int(i) for i in batches.indices(64 * 10**16, 64 * 10**16 + 64)]
+
+
+class FloatLength:
+    """A source whose __len__ returns a float."""
+
+    def __len__(self):
+        return 5.0
+
+    def __getitem__(self, index):
+        return np.int64(index)
+
+
+def test_a_len_that_is_not_an_int_names_the_source_and_the_fix():
+    with pytest.raises(TypeError, match=r"FloatLength.__len__\) returned 5.0 \(float\).*an int"):
+        RampupBatches(FloatLength(), SCHEDULE)
+
+
+def test_a_none_stream_names_the_argument():
+    with pytest.raises(TypeError, match=r"StreamBatcher\(iterator=None\): iterator must be"):
+        StreamBatcher(None, SCHEDULE)

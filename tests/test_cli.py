@@ -316,3 +316,43 @@ def test_a_yaml_alias_bomb_is_refused_at_once_and_in_one_line(tmp_path):
     assert bomb.stat().st_size < 1000
     out = run("preview", "--schedule", str(bomb))  # before: a message of 387 million 'x'
     refused(out, "bomb.yaml", "expands to more than 100,000 values")
+
+
+# Issue 20, item 16: each message names the argument and the fix.
+def test_inline_json_of_a_list_is_named_as_json_not_as_a_missing_file():
+    refused(run("preview", "--schedule", "[1,2]"), "--schedule:", "a mapping with a 'type' key")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_not_called_a_missing_file(tmp_path):
+    import os
+
+    fifo = tmp_path / "ramp.json"
+    os.mkfifo(fifo)
+    out = run("preview", "--schedule", str(fifo))
+    refused(out, f"--schedule {str(fifo)!r}: not a regular file", '{"type": "constant"')
+    assert "no such file" not in out.stderr
+
+
+def test_an_integer_of_5000_digits_is_named_by_its_length():
+    digits = "9" * 5000
+    out = run("preview", "--steps", digits)
+    refused(out, "argument --steps:", "at most 4,300 digits", "got one of 5,000 digits")
+    assert digits not in out.stderr
+
+
+@pytest.mark.parametrize("suffix", ["inline", ".json", ".yaml", ".toml"])
+def test_an_integer_of_5000_digits_in_a_schedule_names_where_it_is(tmp_path, suffix):
+    digits = "9" * 5000
+    if suffix == "inline":
+        spec, where = '{"type": "constant", "size": ' + digits + "}", "--schedule:"
+    else:
+        path = tmp_path / f"ramp{suffix}"
+        text = {
+            ".json": '{"type": "constant", "size": ' + digits + "}",
+            ".yaml": "type: constant\nsize: " + digits + "\n",
+            ".toml": 'type = "constant"\nsize = ' + digits + "\n",
+        }[suffix]
+        path.write_text(text)
+        spec, where = str(path), f"{path}:"
+    refused(run("preview", "--schedule", spec), where, "more than 4,300 digits")

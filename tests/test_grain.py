@@ -481,3 +481,13 @@ def test_a_size_the_processes_cannot_split_fails_when_the_dataset_is_built(read_
         )
     with pytest.raises(ValueError, match="batch size 6 at step 3"):
         RampupMapDataset(source(), schedule, process_index=0, process_count=4)
+
+
+@pytest.mark.parametrize(("index", "error"), [("5", TypeError), (5.0, TypeError), (-1, ValueError)])
+def test_a_parent_next_index_that_is_not_an_int_names_the_field(read_options, index, error):
+    it = iter(iter_pipeline(read_options))
+    next(it)
+    state = it.get_state()
+    state["parent"] = dict(state["parent"], next_index=index)
+    with pytest.raises(error, match=rf"state\['parent'\]\['next_index'\] is {index!r}.*int >= 0"):
+        iter(iter_pipeline(read_options)).set_state(state)

@@ -5,6 +5,7 @@ import math
 import pickle
 
 import model
+import numpy as np
 import pytest
 
 import rampup
@@ -205,9 +206,27 @@ def test_rampup_preview_shows_the_lr_column(capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -1e-3, "1e-3", None])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1e-3])
 def test_a_base_that_gives_no_finite_number_at_least_0_is_refused_naming_the_step(bad):
     lr = rampup.scaled(lambda t: 1e-3 if t < 5 else bad, SCHEDULE)
     assert lr(4) == 1e-3 * math.sqrt(32 / 64)
     with pytest.raises(ValueError, match=r"base gives .* at step 5 \(t=5"):
         lr(5)
+
+
+# Issue 20, item 16: a base of the wrong type, a rule of the wrong arity.
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [("3e-4", "(str)"), (None, "(NoneType)"), (np.array([1e-3, 2e-3]), "array of shape (2,)")],
+)
+def test_a_base_returning_something_else_than_one_number_is_a_type_error(value, what):
+    lr = rampup.scaled(lambda t: value, rampup.constant(8))
+    with pytest.raises(TypeError, match=r"base returned .* at step 3 .*one number") as e:
+        lr(3)
+    assert what in str(e.value)
+
+
+@pytest.mark.parametrize("rule", [lambda ratio, base: ratio, lambda: 1.0])
+def test_a_rule_that_does_not_take_the_ratio_alone_is_refused_when_built(rule):
+    with pytest.raises(TypeError, match=r"rule=.*cannot be called with one argument.*ratio"):
+        rampup.scaled(1e-3, rampup.constant(8), rule=rule)

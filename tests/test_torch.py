@@ -280,8 +280,20 @@ def test_a_size_not_divisible_by_the_world_size_raises_with_step_and_size():
 
 
 def test_rank_out_of_range_raises():
-    with pytest.raises(ValueError, match="process_index=2"):
+    with pytest.raises(
+        ValueError, match=r"rank=2 is not valid for world_size=2; valid ranks: 0..1"
+    ):
         RampupIterableDataset(ARRAY, SCHEDULE, rank=2, world_size=2)
+
+
+def test_a_rank_without_world_size_is_named_in_torch_words_with_the_fix():
+    # torch.distributed is not initialized in this process: world_size defaults to 1.
+    with pytest.raises(
+        ValueError, match=r"rank=1 is not valid for world_size=1 \(the default"
+    ) as e:
+        RampupIterableDataset(ARRAY, SCHEDULE, rank=1)
+    assert "pass world_size= with rank=1" in str(e.value)
+    assert "process_index" not in str(e.value)
 
 
 def test_iterable_source_with_one_worker_matches_the_stream(loader):

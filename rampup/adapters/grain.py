@@ -732,6 +732,20 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             plan = self._batcher.plan
             step = state[LEGACY_STEP_KEY]
             state = make_state(plan, step, **{PARENT_KEY: state[PARENT_KEY]})
+        parent = state.get(PARENT_KEY) if isinstance(state, Mapping) else None
+        index = parent.get("next_index", 0) if isinstance(parent, Mapping) else 0
+        if isinstance(index, int) and not isinstance(index, bool) and index < 0:
+            raise ValueError(
+                f"state['parent']['next_index'] is {index}; grain's next_index is an int >= 0: "
+                "restore the state as get_state() wrote it"
+            )
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(
+                f"state['parent']['next_index'] is {index!r} ({type(index).__name__}); the "
+                "parent's state is grain's own, whose next_index is an int >= 0: restore the "
+                "state as get_state() wrote it (a config or a store that turned its numbers "
+                f"into strings must turn them back, e.g. int({index!r}))"
+            )
         name = self.plan.schedule.name or ""
         if name.startswith(UNNAMED_FUNCTION) and isinstance(state, Mapping):
             # Two lambdas share a name: what can be checked is the position at the step.

@@ -174,6 +174,28 @@ def _world(value: int | None, query: Callable[[], int], fallback: int) -> int:
     return fallback
 
 
+def _check_rank(rank: Any, world_size: Any, got_rank: Any, got_world_size: Any) -> None:
+    """Refuses a rank outside `[0, world_size)` in torch's words, saying where each came from."""
+    if (
+        isinstance(got_world_size, bool)
+        or not isinstance(got_world_size, int)
+        or got_world_size < 1
+    ):
+        raise ValueError(f"world_size={got_world_size!r} is not valid; it must be an int >= 1")
+    if isinstance(got_rank, bool) or not isinstance(got_rank, int):
+        raise TypeError(f"rank={got_rank!r} is not an int; valid: 0..{got_world_size - 1}")
+    if 0 <= got_rank < got_world_size:
+        return
+    where = "" if world_size is not None else " (the default: torch.distributed is not initialized)"
+    fix = (
+        f"pass world_size= with rank={got_rank}" if world_size is None else "fix rank or world_size"
+    )
+    raise ValueError(
+        f"rank={got_rank} is not valid for world_size={got_world_size}{where}; valid ranks: "
+        f"0..{got_world_size - 1}; {fix}"
+    )
+
+
 def _stack_tensors(leaves: Sequence[Any]) -> Any:
     """Tensors stacked as tensors, and a row of Python numbers as one tensor row."""
     first = leaves[0]
@@ -438,6 +460,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
             )
         self.rank = _world(rank, dist.get_rank, 0)
         self.world_size = _world(world_size, dist.get_world_size, 1)
+        _check_rank(rank, world_size, self.rank, self.world_size)
         self.collate = check_collate(collate)
         self._batch_collate, self._convert = _collate_for(source, self.collate)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
