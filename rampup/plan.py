@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, cast
 
 import numpy as np
@@ -18,6 +18,10 @@ import numpy as np
 from rampup.schedules import Schedule, check_count, not_divisible, piecewise
 
 FN_CHUNK = 65536  # steps of a from_fn schedule evaluated per vectorized call
+# A from_fn plan keeps at most about twice this many segments: past it, pairs of them
+# merge into anchors whose steps are evaluated again when asked (memory does not grow
+# with the step; the time of a query far out does).
+FN_SEGMENTS = 4096
 
 
 class Segment(NamedTuple):
@@ -83,6 +87,10 @@ class Plan:
         self._known = 0
         self._known_offset = 0
         self._vectorized: bool | None = None  # from_fn: does fn take arrays? None: not tried
+        # from_fn: False where pairs of segments merged into one anchor, whose steps may have
+        # several sizes; `_cursor` is the last (step, offset) a walk through one reached.
+        self._exact: list[bool] = []
+        self._cursor = (0, 0)
         if schedule.segmented:
             for i in range(1, len(self._starts)):
                 steps = self._starts[i] - self._starts[i - 1]
@@ -169,7 +177,10 @@ class Plan:
                     starts.append(known)
                     sizes.append(size)
                     offsets.append(offset)
+                    self._exact.append(True)
                     last = size
+                    if len(starts) > 2 * FN_SEGMENTS:
+                        self._compact()
                 offset += size
                 known += 1
         finally:
@@ -224,9 +235,73 @@ class Plan:
                 self._starts.append(self._known + first)
                 self._sizes.append(size)
                 self._offsets.append(offset)
+                self._exact.append(True)
             offset += (stop - first) * size
         self._known_offset = offset
         self._known += len(sizes)
+        if len(self._starts) > 2 * FN_SEGMENTS:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Merges pairs of from_fn segments (all but the last) into anchors; under the lock.
+
+        An anchor keeps its first step and offset; the sizes of its steps are
+        evaluated again by `_walk`. The lists change in place: `_grow_scalar`
+        holds them.
+        """
+        last = len(self._starts) - 1
+        keep = list(range(0, last, 2)) + [last]
+        merged = [i + 1 < last for i in range(0, last, 2)] + [False]
+        self._exact[:] = [self._exact[i] and not m for i, m in zip(keep, merged, strict=True)]
+        self._starts[:] = [self._starts[i] for i in keep]
+        self._sizes[:] = [self._sizes[i] for i in keep]
+        self._offsets[:] = [self._offsets[i] for i in keep]
+
+    def _fn_size(self, step: int) -> int:
+        """A from_fn schedule's size at `step`, checked against its rules."""
+        fn, rules = self.schedule.fn, self.schedule.rules
+        assert fn is not None
+        size = fn(step)
+        if type(size) is not int or not rules.min_size <= size or size % rules.multiple_of:
+            size = rules.check(size, step)
+        elif rules.max_size is not None and size > rules.max_size:
+            size = rules.check(size, step)
+        return size
+
+    def _walk(
+        self, i: int, step: int | None = None, position: int | None = None
+    ) -> tuple[int, int, int]:
+        """`(k, B(k), O(k))` for `k = step`, or the step holding `position`, in anchor `i`.
+
+        Evaluates the function from the anchor's first step, or from the last
+        step a walk reached when that lies between them.
+        """
+        k, offset = self._starts[i], self._offsets[i]
+        cursor_step, cursor_offset = self._cursor
+        if k <= cursor_step and (
+            (step is not None and cursor_step <= step)
+            or (position is not None and cursor_offset <= position)
+        ):
+            k, offset = cursor_step, cursor_offset
+        while True:
+            size = self._fn_size(k)
+            if k == step or (position is not None and offset + size > position):
+                self._cursor = (k, offset)
+                return k, size, offset
+            offset += size
+            k += 1
+
+    def _locate(self, step: int) -> tuple[int, int, int]:
+        """`(first step, size, offset)` of a run of equal sizes that holds `step`."""
+        if self.schedule.segmented:
+            i = bisect.bisect_right(self._starts, step) - 1
+            return self._starts[i], self._sizes[i], self._offsets[i]
+        self._grow_to_step(step)
+        with self._lock:
+            i = bisect.bisect_right(self._starts, step) - 1
+            if self._exact[i]:
+                return self._starts[i], self._sizes[i], self._offsets[i]
+            return self._walk(i, step=step)
 
     def _grow_to_position(self, position: int) -> None:
         while self._known_offset <= position:
@@ -235,35 +310,34 @@ class Plan:
     def size(self, step: int) -> int:
         """The global batch size `B(step)`."""
         step = check_count(step, "step")
-        if not self.schedule.segmented:
-            self._grow_to_step(step)
         self._sync(step)
-        return self._sizes[bisect.bisect_right(self._starts, step) - 1]
+        return self._locate(step)[1]
 
     def offset(self, step: int) -> int:
         """`O(step)`: the samples consumed by all steps before `step`."""
         step = check_count(step, "step")
-        if not self.schedule.segmented:
-            self._grow_to_step(step)
         self._sync(step - 1 if step else None)
-        i = bisect.bisect_right(self._starts, step) - 1
-        return self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
+        first, size, offset = self._locate(step)
+        return offset + (step - first) * size
 
     def bounds(self, step: int) -> tuple[int, int]:
         """The stream positions `[start, stop)` of the global batch at `step`."""
         step = check_count(step, "step")
-        if not self.schedule.segmented:
-            self._grow_to_step(step)
         self._sync(step)
-        i = bisect.bisect_right(self._starts, step) - 1
-        start = self._offsets[i] + (step - self._starts[i]) * self._sizes[i]
-        return start, start + self._sizes[i]
+        first, size, offset = self._locate(step)
+        start = offset + (step - first) * size
+        return start, start + size
 
     def step_at(self, position: int) -> int:
         """The step whose global batch holds stream position `position`."""
         position = check_count(position, "position")
         if not self.schedule.segmented:
             self._grow_to_position(position)
+            with self._lock:
+                i = bisect.bisect_right(self._offsets, position) - 1
+                if not self._exact[i]:
+                    return self._walk(i, position=position)[0]
+                return self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
         self._sync()
         i = bisect.bisect_right(self._offsets, position) - 1
         step = self._starts[i] + (position - self._offsets[i]) // self._sizes[i]
@@ -582,13 +656,14 @@ class Plan:
         """
         if self.schedule.rules.multiple_of % divisor == 0:
             return 0
-        if until_step is None:
-            if not self.schedule.segmented:
-                raise ValueError("a from_fn schedule has no known end: pass until_step")
-        else:
+        if not self.schedule.segmented:  # anchors merge: scan the runs, keeping none
+            first: int | None = 0
+            for segment in self._runs(until_step):
+                if segment.size % divisor:
+                    first = None if segment.last_step is None else segment.last_step + 1
+            return first
+        if until_step is not None:
             until_step = check_count(until_step, "until_step")
-            if not self.schedule.segmented and until_step:
-                self._grow_to_step(until_step - 1)
         self._sync(None if not until_step else until_step - 1)
         with self._lock:
             scanned, bad = self._not_dividing.get(divisor, (0, []))
@@ -727,18 +802,47 @@ class Plan:
                 raise ValueError("a from_fn schedule has no known end: pass until_step")
         else:
             until_step = check_count(until_step, "until_step")
+        return list(self._runs(until_step))
+
+    def _runs(self, until_step: int | None) -> Iterator[Segment]:
+        """The segments of `segments(until_step)`, one at a time (a from_fn plan's anchors
+        are evaluated again, step by step, and kept nowhere)."""
+        if until_step is None:
+            if not self.schedule.segmented:
+                raise ValueError("a from_fn schedule has no known end: pass until_step")
+        else:
+            until_step = check_count(until_step, "until_step")
         if not self.schedule.segmented and until_step:
             self._grow_to_step(until_step - 1)
         self._sync(None if not until_step else until_step - 1)
-        out = []
-        for i, (start, size) in enumerate(zip(self._starts, self._sizes, strict=True)):
-            if until_step is not None and start >= until_step:
+        starts, sizes, offsets = self._starts, self._sizes, self._offsets
+        if not self.schedule.segmented:
+            with self._lock:  # a snapshot: a compaction changes the lists in place
+                starts, sizes, offsets = list(starts), list(sizes), list(offsets)
+                exact = list(self._exact)
+        stop = until_step
+        for i, (start, size) in enumerate(zip(starts, sizes, strict=True)):
+            if stop is not None and start >= stop:
                 break
-            last = self._starts[i + 1] - 1 if i + 1 < len(self._starts) else None
-            if until_step is not None and (last is None or last >= until_step):
-                last = until_step - 1
-            out.append(Segment(start, last, size, self._offsets[i]))
-        return out
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            if stop is not None and (end is None or end > stop):
+                end = stop
+            if self.schedule.segmented or exact[i]:
+                yield Segment(start, None if end is None else end - 1, size, offsets[i])
+                continue
+            assert end is not None  # the last anchor is never merged
+            yield from self._evaluated_runs(start, end, offsets[i])
+
+    def _evaluated_runs(self, start: int, end: int, offset: int) -> Iterator[Segment]:
+        """The runs of equal size over steps `[start, end)` of a from_fn schedule."""
+        first, current = start, self._fn_size(start)
+        for k in range(start + 1, end):
+            size = self._fn_size(k)
+            if size != current:
+                yield Segment(first, k - 1, current, offset)
+                offset += (k - first) * current
+                first, current = k, size
+        yield Segment(first, end - 1, current, offset)
 
     def distinct_sizes(self, until_step: int | None = None) -> tuple[int, ...]:
         """The sorted distinct sizes over `[0, until_step)`.

@@ -164,3 +164,34 @@ def test_linear_at_the_limit_is_built_and_previewed():
     assert plan.table(steps=10).splitlines()[-1] == "10 steps, 10 samples, 1 distinct size"
     with pytest.raises(ValueError, match=f"{LINEAR_MAX_SIZES + 1:,} distinct sizes"):
         linear(1, 1, 10**12, LINEAR_MAX_SIZES + 1)
+
+
+def flip(step: int) -> int:
+    """A size that changes at every step."""
+    return 8 if step % 2 == 0 else 16
+
+
+def test_a_from_fn_plan_keeps_a_bounded_number_of_segments(monkeypatch):
+    # Issue 20, item 12: a size that changes every step kept one segment per step.
+    import rampup.plan
+
+    monkeypatch.setattr(rampup.plan, "FN_SEGMENTS", 32, raising=False)
+    sizes = np.array([flip(k) for k in range(20_001)])
+    offsets = np.concatenate([[0], np.cumsum(sizes)])  # the independent model
+    plan = Plan(from_fn(flip, max_step=10**9))
+    assert plan.offset(20_000) == offsets[20_000]
+    assert len(plan._starts) <= 2 * 32 + 1  # noqa: SLF001 -- the structure is the point
+    steps = [0, 1, 2, 777, 778, 9_999, 15_000, 19_999, 20_000, 123, 5]  # out of order too
+    assert [plan.offset(k) for k in steps] == [offsets[k] for k in steps]
+    assert [plan.size(k) for k in steps] == [sizes[k] for k in steps]
+    assert [plan.bounds(k) for k in steps] == [(offsets[k], offsets[k + 1]) for k in steps]
+    positions = [0, 7, 8, 23, 24, 100_001, 239_999, 120_000, 55]
+    assert [plan.step_at(p) for p in positions] == [
+        int(np.searchsorted(offsets, p, side="right")) - 1 for p in positions
+    ]
+    segments = plan.segments(1_000)
+    assert [(s.first_step, s.last_step, s.size, s.offset) for s in segments] == [
+        (k, k, sizes[k], offsets[k]) for k in range(1_000)
+    ]
+    assert plan.divisible_from(16, until_step=1_000) == 999  # step 998 has size 8
+    assert len(plan._starts) <= 2 * 32 + 1  # noqa: SLF001
