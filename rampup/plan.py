@@ -239,7 +239,7 @@ class Plan:
             offset += (stop - first) * size
         self._known_offset = offset
         self._known += len(sizes)
-        if len(self._starts) > 2 * FN_SEGMENTS:
+        while len(self._starts) > 2 * FN_SEGMENTS:
             self._compact()
 
     def _compact(self) -> None:
