@@ -171,14 +171,20 @@ def flip(step: int) -> int:
     return 8 if step % 2 == 0 else 16
 
 
-def test_a_from_fn_plan_keeps_a_bounded_number_of_segments(monkeypatch):
+def flip_arrays(step):
+    """The same sizes, for a step or an array of steps (the plan evaluates chunks)."""
+    return 8 + 8 * (step % 2)
+
+
+@pytest.mark.parametrize("fn", [flip, flip_arrays])
+def test_a_from_fn_plan_keeps_a_bounded_number_of_segments(monkeypatch, fn):
     # Issue 20, item 12: a size that changes every step kept one segment per step.
     import rampup.plan
 
     monkeypatch.setattr(rampup.plan, "FN_SEGMENTS", 32, raising=False)
     sizes = np.array([flip(k) for k in range(20_001)])
     offsets = np.concatenate([[0], np.cumsum(sizes)])  # the independent model
-    plan = Plan(from_fn(flip, max_step=10**9))
+    plan = Plan(from_fn(fn, max_step=10**9))
     assert plan.offset(20_000) == offsets[20_000]
     assert len(plan._starts) <= 2 * 32 + 1  # noqa: SLF001 -- the structure is the point
     steps = [0, 1, 2, 777, 778, 9_999, 15_000, 19_999, 20_000, 123, 5]  # out of order too
