@@ -495,10 +495,17 @@ class Plan:
             return steps.copy()
         check_count(int(steps.min()), "step")
         self.offset(int(steps.max()))  # grows a from_fn schedule; refuses an undecided step
-        i = np.searchsorted(np.asarray(self._starts, np.int64), steps, side="right") - 1
-        starts = np.asarray(self._starts, np.int64)[i]
-        sizes = np.asarray(self._sizes, np.int64)[i]
-        return np.asarray(self._offsets, np.int64)[i] + (steps - starts) * sizes
+        with self._lock:  # a from_fn plan compacts its lists in place
+            starts, sizes, offsets = (
+                np.asarray(x, np.int64) for x in (self._starts, self._sizes, self._offsets)
+            )
+            exact = np.asarray(self._exact, bool)
+        i = np.searchsorted(starts, steps, side="right") - 1
+        out = offsets[i] + (steps - starts[i]) * sizes[i]
+        if not self.schedule.segmented:
+            merged = ~exact[i]  # anchors of a from_fn plan: evaluated again, step by step
+            out[merged] = [self.offset(int(k)) for k in steps[merged]]
+        return out
 
     def check_processes(
         self,

@@ -191,6 +191,7 @@ def test_a_from_fn_plan_keeps_a_bounded_number_of_segments(monkeypatch, fn):
     assert [plan.offset(k) for k in steps] == [offsets[k] for k in steps]
     assert [plan.size(k) for k in steps] == [sizes[k] for k in steps]
     assert [plan.bounds(k) for k in steps] == [(offsets[k], offsets[k + 1]) for k in steps]
+    assert plan.offsets(np.array(steps)).tolist() == [offsets[k] for k in steps]
     positions = [0, 7, 8, 23, 24, 100_001, 239_999, 120_000, 55]
     assert [plan.step_at(p) for p in positions] == [
         int(np.searchsorted(offsets, p, side="right")) - 1 for p in positions
