@@ -21,13 +21,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from rampup.batching import make_state
+from rampup.batching import VERSION_KEY, make_state
 from rampup.plan import Plan
 from rampup.schedules import Rules, Schedule, check_count, check_size
 
 ADAPTIVE_STATE_VERSION = 1
 FINGERPRINT_STRIDE = 64
-VERSION_KEY = "version"
 CONFIG_KEY = "config"
 DECISIONS_KEY = "decisions"
 PROPOSED_UNTIL_KEY = "proposed_until"
@@ -570,6 +569,7 @@ class Follower(Iterator[Any]):
         step: int = 0,
         run_ahead: int = 0,
         shares_decisions: bool = False,
+        state: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
         schedule = plan.schedule
         if not isinstance(schedule, AdaptiveSchedule):
@@ -580,6 +580,7 @@ class Follower(Iterator[Any]):
         self.start = start
         self.plan = plan
         self.shares_decisions = bool(shares_decisions)
+        self._state = state or (lambda step: make_state(plan, step))
         self.restarts = 0
         self._step = check_count(step, "step")
         self._iterator: Iterator[Any] | None = None
@@ -614,7 +615,7 @@ class Follower(Iterator[Any]):
 
     def get_state(self) -> dict[str, Any]:
         """The data state of the next step, JSON-able; restore with `follow(..., step=...)`."""
-        return make_state(self.plan, self._step)
+        return self._state(self._step)
 
 
 def follow(
@@ -624,6 +625,7 @@ def follow(
     step: int = 0,
     run_ahead: int = 0,
     shares_decisions: bool = False,
+    state: Callable[[int], dict[str, Any]] | None = None,
 ) -> Follower:
     """Restarts a pipeline at the training step whenever its copy of the decisions is stale.
 
@@ -654,9 +656,19 @@ def follow(
         (DataLoader: `num_workers * prefetch_factor`); the lag must exceed it.
       shares_decisions: the pipeline reads this very schedule (no worker
         processes), so it never needs a restart.
+      state: writes the pipeline's state at a step (`RampupBatches.state`), which
+        `get_state()` returns; default a state of the plan alone, without data
+        fields (a pipeline restores it with `on_data_change="continue"` only).
 
     Returns:
       An iterator over the batches from `step` on, with `step` and `get_state()`.
     """
     plan = plan if isinstance(plan, Plan) else Plan(plan)
-    return Follower(start, plan, step=step, run_ahead=run_ahead, shares_decisions=shares_decisions)
+    return Follower(
+        start,
+        plan,
+        step=step,
+        run_ahead=run_ahead,
+        shares_decisions=shares_decisions,
+        state=state,
+    )

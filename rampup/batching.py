@@ -21,23 +21,46 @@ from rampup.permutation import permute
 from rampup.plan import Plan, WorkerStride
 from rampup.schedules import Schedule, check_count, check_flag
 
-# The version names the shuffle too: 3 is `rampup.permutation.ALGORITHM`. A change of the
-# shuffle's order must bump it and say here what the older version shuffled with.
-STATE_VERSION = 3
-"""The `"version"` of the checkpoint states this rampup writes; it restores no other."""
+# The version names the shuffle too: 3 and 4 are `rampup.permutation.ALGORITHM`. A change of
+# the shuffle's order must bump it and say here what the older version shuffled with. 4 also
+# records what a position means (the data fields) and its shift; a version 3 state has
+# neither and is read with shift 0.
+STATE_VERSION = 4
+"""The `"version"` of the checkpoint states this rampup writes; it also reads version 3."""
 OLD_SHUFFLES = {
     1: "a materialized NumPy permutation",
     2: "a keyed bijection (modfeistel6-blake2b-splitmix64) whose orders of small sets "
     "were not uniform",
 }
+READ_VERSIONS = (3, STATE_VERSION)
+# The keys of checkpoint states, defined once: every state (a pipeline's, an adaptive
+# schedule's, a noise scale's) names its format's version under VERSION_KEY.
 VERSION_KEY = "version"
+# A pipeline's state: the next step, its data position, the schedule's fingerprint, and the
+# position's distance from the schedule's offset (a restore that kept its position under a
+# changed schedule).
 STEP_KEY = "step"
 POSITION_KEY = "position"
 SCHEDULE_KEY = "schedule"
+SHIFT_KEY = "shift"
+# What the position means: a random-access source's length, shuffle, seed and epochs, or a
+# stream's parent; the drop policy of both. A restore compares them (`on_data_change`).
+LENGTH_KEY = "length"
+SHUFFLE_KEY = "shuffle"
+SEED_KEY = "seed"
+EPOCHS_KEY = "num_epochs"
+DROP_REMAINDER_KEY = "drop_remainder"
+STREAM_KEY = "stream"
+DATA_KEYS = (LENGTH_KEY, SHUFFLE_KEY, SEED_KEY, EPOCHS_KEY, DROP_REMAINDER_KEY, STREAM_KEY)
+# A stream's state holds its parent iterator's own state under this key.
 PARENT_KEY = "parent"
-SCHEDULE_CHANGE_POLICIES = ("raise", "continue")
+POLICIES = ("raise", "continue")
+SCHEDULE_CHANGE_POLICIES = POLICIES
+# The shuffle field of a source that orders positions past its length itself (wrap=False).
+SOURCE_ORDER = "source"
 # Stream positions are indexed as NumPy int64.
 MAX_POSITION = 2**63 - 1
+_ABSENT = "absent"
 
 
 def check_position(position: int, step: int) -> int:
@@ -56,16 +79,11 @@ def as_plan(schedule: Schedule | Plan) -> Plan:
     return schedule if isinstance(schedule, Plan) else Plan(schedule)
 
 
-def check_policy(on_schedule_change: str) -> str:
-    """Validates the `on_schedule_change` argument."""
-    if not isinstance(on_schedule_change, str) or (
-        on_schedule_change not in SCHEDULE_CHANGE_POLICIES
-    ):
-        raise ValueError(
-            f"on_schedule_change={on_schedule_change!r} is not valid; valid: "
-            f"{', '.join(map(repr, SCHEDULE_CHANGE_POLICIES))}"
-        )
-    return on_schedule_change
+def check_policy(policy: str, name: str = "on_schedule_change") -> str:
+    """Validates an `on_schedule_change` (or `on_data_change`, by `name`) argument."""
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise ValueError(f"{name}={policy!r} is not valid; valid: {', '.join(map(repr, POLICIES))}")
+    return policy
 
 
 def check_collate(collate: Any) -> Callable[[list[Any]], Any] | None:
@@ -82,53 +100,92 @@ def make_state(plan: Plan, step: int, shift: int = 0, **extra: Any) -> dict[str,
     """The checkpoint state of an iterator whose next step is `step`.
 
     Its data position is `O(step) + shift`: `shift` moves the stream after a
-    restore that kept its position under a changed schedule.
+    restore that kept its position under a changed schedule. `extra` holds the
+    data fields (`RampupBatches.data_fields`) and a stream's parent state.
     """
     return {
         VERSION_KEY: STATE_VERSION,
         STEP_KEY: step,
         POSITION_KEY: plan.offset(step) + shift,
         SCHEDULE_KEY: plan.schedule.fingerprint_at(step),
+        SHIFT_KEY: shift,
         **extra,
     }
 
 
 def read_state(
-    state: Any, plan: Plan, on_schedule_change: str, keys: Sequence[str] = ()
+    state: Any,
+    plan: Plan,
+    on_schedule_change: str,
+    keys: Sequence[str] = (),
+    *,
+    data_fields: dict[str, Any] | None = None,
+    on_data_change: str = "raise",
 ) -> tuple[int, int]:
     """Checks a state against `plan`; returns its (step, shift), the shift as in `make_state`.
 
+    Args:
+      state: a state from `make_state` (version 4), or of version 3 (no data
+        fields, no shift: read with shift 0).
+      plan: the plan of the pipeline that restores it.
+      on_schedule_change: "raise": a state of another schedule is refused, and under
+        the same schedule its position must be the offset at its step plus its shift;
+        "continue": its position is kept and the plan applies from its step on.
+      keys: further keys the state must have (a stream's parent).
+      data_fields: what a position means in the restoring pipeline
+        (`RampupBatches.data_fields`); None checks no data fields.
+      on_data_change: "raise": a state whose data fields differ is refused;
+        "continue": its position is kept in this pipeline's data order.
+
     Raises:
       ValueError: the state is malformed, of another version (versions 1 and 2
-        shuffled in other orders), or from another schedule while `on_schedule_change="raise"`.
+        shuffled in other orders), of another data order or schedule under the "raise"
+        policies, or its position is not its step's under the same schedule.
     """
     required = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY, *keys)
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise ValueError(f"not a rampup state: expected a dict with keys {required}, got {state!r}")
-    old = state[VERSION_KEY]
-    if isinstance(old, int) and old in OLD_SHUFFLES:
+    version = state[VERSION_KEY]
+    if isinstance(version, int) and version in OLD_SHUFFLES:
         raise ValueError(
-            f"this state (step {state[STEP_KEY]!r}) is of version {old}, written by an earlier "
-            f"rampup that shuffled each epoch with {OLD_SHUFFLES[old]}; this rampup "
+            f"this state (step {state[STEP_KEY]!r}) is of version {version}, written by an "
+            f"earlier rampup that shuffled each epoch with {OLD_SHUFFLES[version]}; this rampup "
             f"shuffles with a keyed bijection ({SHUFFLE_ALGORITHM}), so restoring it would "
             "feed other samples than the run it continues. Restart from step 0, or resume "
-            f"with the rampup that wrote it; this rampup reads version {STATE_VERSION}"
+            f"with the rampup that wrote it; this rampup reads versions 3 and {STATE_VERSION}"
         )
-    if state[VERSION_KEY] != STATE_VERSION:
+    if type(version) is not int or version not in READ_VERSIONS:
         raise ValueError(
-            f"state version {state[VERSION_KEY]!r} is not supported; this rampup reads "
-            f"version {STATE_VERSION}"
+            f"state version {version!r} is not supported; this rampup reads versions "
+            f"3 and {STATE_VERSION}"
         )
     step = check_count(state[STEP_KEY], "state step")
     position = check_position(check_count(state[POSITION_KEY], "state position"), step)
+    saved_shift = 0
+    if version == STATE_VERSION:
+        if SHIFT_KEY not in state:
+            raise ValueError(
+                f"not a rampup state of version {STATE_VERSION}: it has no {SHIFT_KEY!r} key, "
+                f"got {state!r}"
+            )
+        saved_shift = state[SHIFT_KEY]
+        if type(saved_shift) is not int:
+            raise ValueError(
+                f"state shift must be an int (the position's distance from the schedule's "
+                f"offset at step {step}), got {saved_shift!r}"
+            )
+    if data_fields is not None and check_policy(on_data_change, "on_data_change") == "raise":
+        check_data_fields(state, data_fields)
     fingerprint = plan.schedule.fingerprint_at(step)
-    if state[SCHEDULE_KEY] != fingerprint and on_schedule_change == "raise":
-        raise ValueError(
-            f"the state at step {step} was written under schedule {state[SCHEDULE_KEY]}, "
-            f"but the current schedule is {fingerprint} ({plan.schedule}). Restore with "
-            "on_schedule_change='continue' to keep the data position (sample "
-            f"{position}) and apply the new schedule from step {step} on."
-        )
+    if check_policy(on_schedule_change) == "raise":
+        if state[SCHEDULE_KEY] != fingerprint:
+            raise ValueError(
+                f"the state at step {step} was written under schedule {state[SCHEDULE_KEY]}, "
+                f"but the current schedule is {fingerprint} ({plan.schedule}). Restore with "
+                "on_schedule_change='continue' to keep the data position (sample "
+                f"{position}) and apply the new schedule from step {step} on."
+            )
+        check_offset(plan, step, position, saved_shift)
     return step, position - plan.offset(step)
 
 
@@ -146,6 +203,74 @@ def source_length(source: Any) -> int:
             "return int(n)"
         )
     return length
+
+
+def check_offset(plan: Plan, step: int, position: int, shift: int = 0) -> None:
+    """Refuses a state whose position is not `plan.offset(step) + shift`.
+
+    Under the schedule that wrote it, a state's position is the offset at its step
+    (moved by its shift, after a restore that kept its position under a changed
+    schedule). Anything else was edited, or written by another function that a
+    schedule's identity cannot tell apart (two lambdas given to the xLSTM drop-in).
+
+    Raises:
+      ValueError: naming the state's position and the plan's.
+    """
+    offset = plan.offset(step)
+    if position != offset + shift:
+        moved = f" plus the state's shift {shift}, so position {offset + shift}" if shift else ""
+        raise ValueError(
+            f"the state at step {step} holds position {position}, but this schedule "
+            f"({plan.schedule}) has consumed {offset} samples before step {step}{moved}: the "
+            "state was edited, or written by another schedule under the same identity (a "
+            "from_fn schedule is identified by its name; a lambda given to the xLSTM drop-in "
+            "has none of its own, so only this check tells two apart). Restore a state this "
+            "pipeline's schedule wrote, or pass on_schedule_change='continue' to take the "
+            "state's position as it is"
+        )
+
+
+def check_data_fields(state: dict[str, Any], data_fields: dict[str, Any]) -> None:
+    """Refuses a state whose data fields differ from `data_fields`, naming each difference.
+
+    Raises:
+      ValueError: naming each field, the state's value and this pipeline's, and the way out.
+    """
+    differ = [
+        (key, state.get(key, _ABSENT), data_fields.get(key, _ABSENT))
+        for key in DATA_KEYS
+        if state.get(key, _ABSENT) != data_fields.get(key, _ABSENT)
+    ]
+    if not differ:
+        return
+    where = f"the state at step {state[STEP_KEY]} (position {state[POSITION_KEY]})"
+    way_out = (
+        "pass on_data_change='continue' to keep its position "
+        f"(sample {state[POSITION_KEY]}) in this pipeline's data order"
+    )
+    if all(saved == _ABSENT for _, saved, _ in differ):
+        raise ValueError(
+            f"{where} does not record its data order (a state of version "
+            f"{state[VERSION_KEY]}, or one built by hand; rampup records "
+            f"{', '.join(DATA_KEYS[:-1])} or the stream's parent from version {STATE_VERSION} "
+            "on), so a restore into another order cannot be told apart. If this pipeline "
+            f"reads the data in the order of the run that wrote it, {way_out}"
+        )
+    fields = "; ".join(
+        f"{key} {saved!r} in the state, {here!r} here" for key, saved, here in differ
+    )
+    raise ValueError(
+        f"{where} was written for another data order than this pipeline's: {fields}. Its "
+        "position would read other samples than the run it continues. Build the pipeline "
+        "with the state's values, or, where the data changed on purpose (a grown dataset), "
+        f"{way_out} (later positions then follow this order: samples of the old order may "
+        "be read again or not at all)"
+    )
+
+
+def stream_fields(parent_name: str, drop_remainder: bool) -> dict[str, int | str]:
+    """The data fields of a stream's state: its parent's name and its drop policy."""
+    return {STREAM_KEY: parent_name, DROP_REMAINDER_KEY: int(drop_remainder)}
 
 
 class RandomAccessSource(Protocol):
@@ -193,6 +318,8 @@ class RampupBatches:
       process_index: this process's index among `process_count`.
       process_count: how many processes split every global batch.
       on_schedule_change: "raise" or "continue" when a state's schedule differs.
+      on_data_change: "raise" or "continue" when a state's data fields
+        (`data_fields`: length, shuffle, seed, epochs, drop policy) differ.
       wrap: map positions into `[0, N)`; False passes positions to the source
         as they are (a grain `MapDataset` indexes past its length by itself).
     """
@@ -209,6 +336,7 @@ class RampupBatches:
         process_index: int = 0,
         process_count: int = 1,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
         wrap: bool = True,
     ) -> None:
         self.source = source
@@ -242,8 +370,39 @@ class RampupBatches:
             process_index, process_count, until_step=0
         )
         self.on_schedule_change = check_policy(on_schedule_change)
-        # Fail at start-up, not when training reaches a size the processes cannot split.
-        self.check_end()
+        self.on_data_change = check_policy(on_data_change, "on_data_change")
+        if self.on_schedule_change == "continue":
+            # A restore may move the positions: the end is checked where the iteration
+            # starts, by the steps that will run.
+            self.plan.check_processes(self.process_index, self.process_count, start=None)
+        else:
+            # Fail at start-up, not when training reaches a size the processes cannot split.
+            self.check_end()
+
+    @property
+    def data_fields(self) -> dict[str, int | str]:
+        """What a stream position means here, as a state records it (plain ints and strings).
+
+        `length` of the source; `shuffle`: "off", the shuffle algorithm's name, or
+        "source" (positions past the length go to the source as they are, which
+        orders them itself); `seed`: the shuffle seed or "none"; `num_epochs`: an
+        int or "none" (endless); `drop_remainder`: 0 or 1.
+        """
+        if not self.wrap:
+            shuffle = SOURCE_ORDER
+        else:
+            shuffle = "off" if self.shuffle_seed is None else SHUFFLE_ALGORITHM
+        return {
+            LENGTH_KEY: self.length,
+            SHUFFLE_KEY: shuffle,
+            SEED_KEY: "none" if self.shuffle_seed is None else self.shuffle_seed,
+            EPOCHS_KEY: "none" if self.num_epochs is None else self.num_epochs,
+            DROP_REMAINDER_KEY: int(self.drop_remainder),
+        }
+
+    def state(self, step: int, shift: int = 0) -> dict[str, Any]:
+        """The checkpoint state of an iteration whose next step is `step` (moved by `shift`)."""
+        return make_state(self.plan, step, shift, **self.data_fields)
 
     @property
     def schedule(self) -> Schedule:
@@ -272,7 +431,8 @@ class RampupBatches:
         Every full batch from `start` up to the end of the data, and the last
         partial one, whose size depends on `shift` (a restore that kept its data
         position). With `start=None` (a pipeline built before its start is known)
-        some step must be legal: the last batch must split.
+        some step must be legal: the last batch must split. An iteration from
+        past the last batch runs nothing, so nothing is checked.
         """
         self.plan.check_processes(
             self.process_index,
@@ -444,9 +604,15 @@ class RampupBatches:
         return BatchIterator(self, stride, shift)
 
     def read_state(self, state: dict[str, Any]) -> tuple[int, int]:
-        """The `(step, shift)` of a state, checked against this schedule, this process
-        layout from the state's step on, and the data's end."""
-        step, shift = read_state(state, self.plan, self.on_schedule_change)
+        """The `(step, shift)` of a state, checked against this data order, this schedule,
+        this process layout from the state's step on, and the data's end."""
+        step, shift = read_state(
+            state,
+            self.plan,
+            self.on_schedule_change,
+            data_fields=self.data_fields,
+            on_data_change=self.on_data_change,
+        )
         self.check_start(step, shift)
         return step, shift
 
@@ -497,8 +663,8 @@ class BatchIterator(ScheduledIterator):
         return self.batches.fetch(start, stop)
 
     def get_state(self) -> dict[str, Any]:
-        """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
-        return make_state(self.plan, self._step, self._shift)
+        """The state of the next step (`RampupBatches.state`); JSON-able."""
+        return self.batches.state(self._step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1), keeping the stride."""
@@ -530,6 +696,10 @@ class StreamBatcher(ScheduledIterator):
       process_index: this process's index among `process_count`.
       process_count: how many processes split every global batch.
       on_schedule_change: "raise" or "continue" when a state's schedule differs.
+      on_data_change: "raise" or "continue" when a state's data fields
+        (`data_fields`: the parent's name, the drop policy) differ.
+      parent_name: the parent's name in states; default the type name of the
+        iterable (a `grain.IterDataset`, a torch `IterableDataset`...).
     """
 
     def __init__(
@@ -542,12 +712,17 @@ class StreamBatcher(ScheduledIterator):
         process_index: int = 0,
         process_count: int = 1,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
+        parent_name: str | None = None,
     ) -> None:
         if iterator is None:
             raise TypeError(
                 "StreamBatcher(iterator=None): iterator must be an iterable of elements (a "
                 "generator, a list, a framework's iterator), got None"
             )
+        if parent_name is not None and not isinstance(parent_name, str):
+            raise TypeError(f"parent_name must be a str or None, got {parent_name!r}")
+        self.parent_name = parent_name or type(iterator).__name__
         self.parent = iter(iterator)
         self.plan = as_plan(schedule)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
@@ -557,6 +732,7 @@ class StreamBatcher(ScheduledIterator):
             process_index, process_count, start=None
         )
         self.on_schedule_change = check_policy(on_schedule_change)
+        self.on_data_change = check_policy(on_data_change, "on_data_change")
         self._step = 0
         self._shift = 0
         self._pending: list[Any] = []
@@ -566,6 +742,13 @@ class StreamBatcher(ScheduledIterator):
     def step(self) -> int:
         """The step the next batch belongs to."""
         return self._step
+
+    @property
+    def data_fields(self) -> dict[str, int | str]:
+        """What a position means here, as a state records it: `stream`, the parent's
+        name (its elements come from it, restored through its own state), and
+        `drop_remainder`, 0 or 1."""
+        return stream_fields(self.parent_name, self.drop_remainder)
 
     def __next__(self) -> Any:
         if not self._started:
@@ -593,7 +776,8 @@ class StreamBatcher(ScheduledIterator):
         return method
 
     def get_state(self) -> dict[str, Any]:
-        """`{"version", "step", "position", "schedule", "parent"}`; JSON-able if the parent's is."""
+        """The core's state (`make_state`), its data fields and its parent's state under
+        "parent"; JSON-able if the parent's is."""
         self._parent_method("set_state")  # a state that cannot be restored is refused now
         parent_state = self._parent_method("get_state")()
         if self._pending:
@@ -605,11 +789,20 @@ class StreamBatcher(ScheduledIterator):
                 "next() again to finish the batch (the elements already pulled are kept), "
                 "then save the state"
             )
-        return make_state(self.plan, self._step, self._shift, **{PARENT_KEY: parent_state})
+        return make_state(
+            self.plan, self._step, self._shift, **self.data_fields, **{PARENT_KEY: parent_state}
+        )
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores the step, the position and the parent iterator's state."""
-        step, shift = read_state(state, self.plan, self.on_schedule_change, (PARENT_KEY,))
+        step, shift = read_state(
+            state,
+            self.plan,
+            self.on_schedule_change,
+            (PARENT_KEY,),
+            data_fields=self.data_fields,
+            on_data_change=self.on_data_change,
+        )
         self.plan.check_processes(self.process_index, self.process_count, start=step)
         self._parent_method("set_state")(state[PARENT_KEY])
         self._step, self._shift = step, shift

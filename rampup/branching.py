@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from rampup.batching import (
     POSITION_KEY,
     SCHEDULE_KEY,
+    SHIFT_KEY,
     STEP_KEY,
     VERSION_KEY,
     make_state,
@@ -27,7 +28,7 @@ from rampup.batching import (
 from rampup.plan import Plan
 from rampup.schedules import Schedule, check_count, check_size, constant
 
-_CORE_KEYS = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY)
+_CORE_KEYS = (VERSION_KEY, STEP_KEY, POSITION_KEY, SCHEDULE_KEY, SHIFT_KEY)
 
 
 class Branch(NamedTuple):
@@ -114,7 +115,8 @@ def branches(state: Mapping[str, Any], sizes: Iterable[int], *, samples: int) ->
         schedule = constant(size)
         plan = Plan(schedule)
         step, shift = read_state(dict(state), plan, "continue")
-        # Keys beyond the core's (a stream's parent state) travel with the branch.
+        # Keys beyond the core's (the data fields, a stream's parent state) travel with
+        # the branch.
         extra = {k: v for k, v in state.items() if k not in _CORE_KEYS}
         out.append(Branch(size, schedule, make_state(plan, step, shift, **extra), samples // size))
     return out

@@ -97,5 +97,10 @@ class ScheduledIterator(Iterator[Any], abc.ABC):
         if self.end is None:
             return None
         return self.plan.check_last_batch(
-            self.end, divisor, what, drop_remainder=self.drop_remainder, shift=self.shift
+            self.end,
+            divisor,
+            what,
+            drop_remainder=self.drop_remainder,
+            shift=self.shift,
+            start=self.step,
         )

@@ -19,10 +19,10 @@ import math
 import numbers
 from typing import Any
 
+from rampup.batching import VERSION_KEY
 from rampup.schedules import check_count, check_size
 
 NOISE_STATE_VERSION = 1
-VERSION_KEY = "version"
 BETA_KEY = "beta"
 COUNT_KEY = "count"
 SQ_NORM_KEY = "sq_norm"

@@ -418,10 +418,14 @@ class Plan:
     ) -> tuple[int, int] | None:
         """The `(step, global size)` of the last batch of a stream that ends at `end`.
 
-        `shift` is as in `local_window`. None when the stream holds no batch.
+        `shift` is as in `local_window`. None when the stream holds no batch: a
+        shift at or past `end` (a restore that kept a position at the end of the
+        data) leaves none.
         """
-        start = check_count(end - shift, "end - shift")
-        steps = self.num_batches(start, drop_remainder)
+        end = check_count(end, "end")
+        if end - shift <= 0:
+            return None
+        steps = self.num_batches(end - shift, drop_remainder)
         if not steps:
             return None
         step = steps - 1
@@ -436,6 +440,7 @@ class Plan:
         *,
         drop_remainder: bool = False,
         shift: int = 0,
+        start: int | None = None,
     ) -> int:
         """Checks that a last batch cut short by `end` splits `divisor` ways.
 
@@ -449,6 +454,9 @@ class Plan:
           what: the divisor in words, e.g. "process_count=2".
           drop_remainder: a cut-short last batch is left out (nothing to check).
           shift: as in `local_window`.
+          start: the step the pipeline starts or resumes at: a last batch before it
+            does not run (a restore at or past the end yields nothing), so it is not
+            checked. None: not known yet, checked.
 
         Returns:
           How many steps hold a whole batch: the `until_step` of the caller's check.
@@ -462,7 +470,7 @@ class Plan:
         step, size = last
         if size == self.size(step):
             return step + 1
-        if size % divisor:
+        if size % divisor and (start is None or step >= start):
             raise cut_short(size, divisor, step, end, what)
         return step
 
@@ -545,7 +553,7 @@ class Plan:
         what = f"process_count={process_count}"
         if end is not None:
             until_step = self.check_last_batch(
-                end, process_count, what, drop_remainder=drop_remainder, shift=shift
+                end, process_count, what, drop_remainder=drop_remainder, shift=shift, start=start
             )
         self.check_layout(process_count, what, start=start, until_step=until_step)
         return ProcessLayout(process_index, process_count)
@@ -605,7 +613,7 @@ class Plan:
         unit, what = _microbatch_unit(microbatch_size, process_count)
         if end is not None:
             until_step = self.check_last_batch(
-                end, unit, what, drop_remainder=drop_remainder, shift=shift
+                end, unit, what, drop_remainder=drop_remainder, shift=shift, start=start
             )
         self.check_layout(unit, what, start=start, until_step=until_step)
         return microbatch_size

@@ -30,17 +30,26 @@ See docs/concepts/adapters.md for a worked example.
 """
 
 from rampup.batching import (
+    DATA_KEYS,
+    DROP_REMAINDER_KEY,
+    EPOCHS_KEY,
+    LENGTH_KEY,
     PARENT_KEY,
     POSITION_KEY,
     SCHEDULE_KEY,
+    SEED_KEY,
+    SHIFT_KEY,
+    SHUFFLE_KEY,
     STATE_VERSION,
     STEP_KEY,
+    STREAM_KEY,
     VERSION_KEY,
     as_plan,
     check_collate,
     check_policy,
     make_state,
     read_state,
+    stream_fields,
 )
 from rampup.collate import Allocate, mapping_like, spec
 from rampup.iterator import ScheduledIterator
@@ -49,11 +58,19 @@ from rampup.scaling import Scaling, SegmentTable, resolve
 from rampup.schedules import check_count, check_flag, not_divisible
 
 __all__ = [
+    "DATA_KEYS",
+    "DROP_REMAINDER_KEY",
+    "EPOCHS_KEY",
+    "LENGTH_KEY",
     "PARENT_KEY",
     "POSITION_KEY",
     "SCHEDULE_KEY",
+    "SEED_KEY",
+    "SHIFT_KEY",
+    "SHUFFLE_KEY",
     "STATE_VERSION",
     "STEP_KEY",
+    "STREAM_KEY",
     "VERSION_KEY",
     "Allocate",
     "ProcessLayout",
@@ -74,4 +91,5 @@ __all__ = [
     "read_state",
     "resolve",
     "spec",
+    "stream_fields",
 ]

@@ -39,6 +39,21 @@ def saved_on_two(step: int) -> dict:
     return states[0]
 
 
+def saved_on_two_grain(parent, step: int) -> dict:
+    """`saved_on_two` of a grain RampupMapDataset over `parent` (its own data order)."""
+    from rampup.adapters.grain import RampupMapDataset
+
+    states = []
+    for index in range(2):
+        ds = RampupMapDataset(parent, SCHEDULE, process_index=index, process_count=2)
+        it = ds.to_iter_dataset().__iter__()
+        for _ in range(step):
+            next(it)
+        states.append(it.get_state())
+    assert states[0] == states[1]
+    return states[0]
+
+
 def joined(per_process: list[list], steps: int) -> list[list[int]]:
     return [np.concatenate([np.asarray(p[k]) for p in per_process]).tolist() for k in range(steps)]
 
@@ -51,7 +66,7 @@ def test_grain_map_dataset_restores_on_8_processes():
     parent = grain.MapDataset.source(DATA).shuffle(seed=5)
     one = RampupMapDataset(parent, SCHEDULE)
     expected = [one[k].tolist() for k in range(12, 18)]
-    state = saved_on_two(12)
+    state = saved_on_two_grain(parent, 12)
 
     def eight(index: int):
         return RampupMapDataset(parent, SCHEDULE, process_index=index, process_count=8)
@@ -78,8 +93,9 @@ def test_grain_mp_prefetch_refuses_an_early_start_before_its_workers_start():
     prefetched = ds.to_iter_dataset(options).mp_prefetch(grain.MultiprocessingOptions(1))
     with pytest.raises(ValueError, match=r"batch size 4 at step 0 .*" + LEGAL):
         next(iter(prefetched))
+    state = saved_on_two_grain(grain.MapDataset.source(DATA), 12)
     with pytest.raises(ValueError, match=r"batch size 4 at step 9 .*" + LEGAL):
-        iter(prefetched).set_state({**saved_on_two(12), "step": 9, "position": 36})
+        iter(prefetched).set_state({**state, "step": 9, "position": 36})
 
 
 def test_torch_dataset_restores_on_8_ranks():

@@ -359,7 +359,9 @@ def test_stateful_dataloader_resumes_mid_epoch_identically(num_workers, draw, sc
     state = data.state_dict()
     del it
     saved = [s for s in json_leaves(state) if isinstance(s, dict) and "schedule" in s]
-    assert saved and all(set(s) == {"version", "step", "position", "schedule"} for s in saved)
+    keys = {"version", "step", "position", "schedule", "shift"}
+    keys |= {"length", "shuffle", "seed", "num_epochs", "drop_remainder"}  # the data fields
+    assert saved and all(set(s) == keys for s in saved)
 
     resumed_ds, _ = make(scenario, set_step=False)  # the checkpoint holds the start step
     resumed = loader(resumed_ds, num_workers, stateful.StatefulDataLoader)

@@ -25,7 +25,6 @@ import rampup
 from rampup import AdaptiveSchedule, Plan, RampupBatches, Schedule, StreamBatcher, default_collate
 from rampup.protocol import (
     PARENT_KEY,
-    POSITION_KEY,
     STEP_KEY,
     Allocate,
     ProcessLayout,
@@ -277,6 +276,8 @@ class RampupMapDataset(grain.MapDataset):
       process_count: how many processes split every global batch; same default.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs
         (the iterators of `to_iter_dataset()` and `mp_prefetch` read it).
+      on_data_change: "raise" or "continue" when a restored state's data fields
+        (the parent's length, `num_epochs`, `drop_remainder`) differ.
     """
 
     def __init__(
@@ -290,6 +291,7 @@ class RampupMapDataset(grain.MapDataset):
         process_index: int | None = None,
         process_count: int | None = None,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
     ) -> None:
         if not isinstance(parent, grain.MapDataset):
             raise TypeError(
@@ -309,6 +311,7 @@ class RampupMapDataset(grain.MapDataset):
             process_index=index,
             process_count=count,
             on_schedule_change=on_schedule_change,
+            on_data_change=on_data_change,
             wrap=False,
         )
 
@@ -341,9 +344,10 @@ class RampupMapDataset(grain.MapDataset):
     ) -> RampupMapIterDataset:
         """grain's thread-prefetched iteration over the batches, with the core's state.
 
-        Its iterators' state is `{"version", "step", "position", "schedule"}`:
-        a restore under another schedule raises (or keeps the data position with
-        `on_schedule_change="continue"`), behind `mp_prefetch` too.
+        Its iterators' state is the core's (`RampupBatches.state`): a restore
+        under another schedule or data order raises (or keeps the data position
+        with `on_schedule_change="continue"`, `on_data_change="continue"`),
+        behind `mp_prefetch` too.
         """
         return RampupMapIterDataset(self, read_options, check_flag(allow_nones, "allow_nones"))
 
@@ -528,9 +532,8 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return next(self._inner)
 
     def get_state(self) -> dict[str, Any]:
-        """`{"version", "step", "position", "schedule"}` of the next step; JSON-able."""
-        step = self.step
-        return make_state(self.plan, step, self._shift)
+        """The core's state of the next step (`RampupBatches.state`); JSON-able."""
+        return self._ramp.batches.state(self.step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues from a state written by `get_state`, in O(1)."""
@@ -546,7 +549,7 @@ class RampupMapDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return self.step
 
     def _set_next_index(self, index: int) -> None:
-        self.set_state(make_state(self.plan, index, self._shift))
+        self.set_state(self._ramp.batches.state(index, self._shift))
 
     def close(self) -> None:
         """Stops grain's prefetch threads."""
@@ -602,7 +605,7 @@ class RampupPrefetchIterDataset(grain.IterDataset):
 class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     """The iterator of `RampupPrefetchIterDataset`.
 
-    Its state is the core's `{"version", "step", "position", "schedule"}`: the
+    Its state is the core's (`RampupBatches.state`): the
     workers build every step from its index alone, so a restore checks the
     schedule and starts fresh workers at the restored step, whatever their number.
     """
@@ -631,8 +634,8 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        """The core's state of the next step; JSON-able."""
-        return make_state(self.plan, self._step, self._shift)
+        """The core's state of the next step (`RampupBatches.state`); JSON-able."""
+        return self._ramp.batches.state(self._step, self._shift)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Checks the schedule; the next batch comes from workers started at the state's step."""
@@ -644,7 +647,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         return self._step
 
     def _set_next_index(self, index: int) -> None:
-        self.set_state(make_state(self.plan, index, self._shift))
+        self.set_state(self._ramp.batches.state(index, self._shift))
 
     def close(self) -> None:
         """Stops grain's worker processes."""
@@ -660,7 +663,7 @@ class RampupPrefetchDatasetIterator(grain.DatasetIterator, ScheduledIterator):
 class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     """Pulls each step's elements from the parent iterator (the core's `StreamBatcher`).
 
-    Its state is `{"version", "step", "position", "schedule", "parent"}`; `set_state`
+    Its state is the core's stream state (`StreamBatcher.get_state`); `set_state`
     also reads the xLSTM module's `{"batch_step", "parent"}`.
     """
 
@@ -674,7 +677,9 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         process_index: int,
         process_count: int,
         on_schedule_change: str,
+        on_data_change: str,
         name: str,
+        parent_name: str,
     ) -> None:
         super().__init__(parent)
         self._batcher = StreamBatcher(
@@ -685,6 +690,8 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             process_index=process_index,
             process_count=process_count,
             on_schedule_change=on_schedule_change,
+            on_data_change=on_data_change,
+            parent_name=parent_name,
         )
         self._name = name
         self._checked_worker = False
@@ -729,9 +736,9 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores a state from `get_state`, or one the xLSTM module wrote."""
         if isinstance(state, Mapping) and LEGACY_STEP_KEY in state and STEP_KEY not in state:
-            plan = self._batcher.plan
-            step = state[LEGACY_STEP_KEY]
-            state = make_state(plan, step, **{PARENT_KEY: state[PARENT_KEY]})
+            # The xLSTM module's state names no data order: it is this pipeline's.
+            parent = state[PARENT_KEY]
+            state = self._batcher_state(state[LEGACY_STEP_KEY], 0, parent)
         parent = state.get(PARENT_KEY) if isinstance(state, Mapping) else None
         index = parent.get("next_index", 0) if isinstance(parent, Mapping) else 0
         if isinstance(index, int) and not isinstance(index, bool) and index < 0:
@@ -746,19 +753,14 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
                 "state as get_state() wrote it (a config or a store that turned its numbers "
                 f"into strings must turn them back, e.g. int({index!r}))"
             )
-        name = self.plan.schedule.name or ""
-        if name.startswith(UNNAMED_FUNCTION) and isinstance(state, Mapping):
-            # Two lambdas share a name: what can be checked is the position at the step.
-            step, position = state.get(STEP_KEY), state.get(POSITION_KEY)
-            if isinstance(step, int) and position != self.plan.offset(step):
-                raise ValueError(
-                    f"the state at step {step} holds position {position!r}, but this schedule "
-                    f"({name[len(UNNAMED_FUNCTION) :]}, a function without a stable identity) "
-                    f"has consumed {self.plan.offset(step)} samples before step {step}: it is "
-                    "another function than the one that wrote the state. Name the schedule "
-                    "(rampup.from_fn(fn, name=...)) to have restores checked by identity"
-                )
+        # Two lambdas given to the drop-in share an identity: the core checks the state's
+        # position against this schedule's offset at its step, which tells them apart.
         self._batcher.set_state(state)
+
+    def _batcher_state(self, step: int, shift: int, parent: Any) -> dict[str, Any]:
+        return make_state(
+            self.plan, step, shift, **self._batcher.data_fields, **{PARENT_KEY: parent}
+        )
 
     def _get_next_index(self) -> int:
         return self.step
@@ -767,9 +769,7 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
         # The parent holds this process's share of the stream, as grain's batch multiplies.
         elements = self.plan.local_offset(index, self.process_count, self.shift)
         grain.experimental.set_next_index(self._parent, elements)
-        self._batcher.set_state(
-            make_state(self.plan, index, self.shift, **{PARENT_KEY: self._parent.get_state()})
-        )
+        self._batcher.set_state(self._batcher_state(index, self.shift, self._parent.get_state()))
 
     def __str__(self) -> str:
         batcher = self._batcher
@@ -791,6 +791,8 @@ class RampupIterDataset(grain.IterDataset):
       process_index: this process's index; default from `grain.sharding.ShardByJaxProcess`.
       process_count: how many processes split every global batch; same default.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+      on_data_change: "raise" or "continue" when a restored state's data fields (the
+        parent's type name, `drop_remainder`) differ.
     """
 
     def __init__(
@@ -803,6 +805,7 @@ class RampupIterDataset(grain.IterDataset):
         process_index: int | None = None,
         process_count: int | None = None,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
     ) -> None:
         if not isinstance(parent, grain.IterDataset):
             raise TypeError(
@@ -818,6 +821,7 @@ class RampupIterDataset(grain.IterDataset):
         self._drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self._collate = _Collate(collate)
         self._on_schedule_change = check_policy(on_schedule_change)
+        self._on_data_change = check_policy(on_data_change, "on_data_change")
 
     @property
     def plan(self) -> Plan:
@@ -833,7 +837,9 @@ class RampupIterDataset(grain.IterDataset):
             process_index=self._process_index,
             process_count=self._process_count,
             on_schedule_change=self._on_schedule_change,
+            on_data_change=self._on_data_change,
             name=type(self).__name__,
+            parent_name=type(self._parent).__name__,
         )
 
     @property

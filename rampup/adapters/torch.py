@@ -50,6 +50,7 @@ from rampup.protocol import (
     mapping_like,
     read_state,
     resolve,
+    stream_fields,
 )
 
 __all__ = [
@@ -265,7 +266,7 @@ class RampupIterator(ScheduledIterator):
     """The batches one DataLoader worker (or the main process) yields.
 
     `get_state()` is the core's state of this worker's next step
-    (`{"version", "step", "position", "schedule"}`), and `set_state()`
+    (`RampupBatches.state`, or a stream's), and `set_state()`
     continues from it with the worker's stride kept; `state_dict()` and
     `load_state_dict()` are their torch names, which torchdata's
     `StatefulDataLoader` saves and restores per worker.
@@ -353,20 +354,28 @@ class _Restartable:
         return self._start[0]
 
     def set_step(self, step: int) -> None:
-        """Makes the next iteration start at global batch `step` (the training loop's step)."""
-        self.set_state(make_state(self.plan, check_count(step, "step")))
+        """Makes the next iteration start at global batch `step` (the training loop's step).
+
+        The data position keeps its distance from the schedule's offsets (the shift of
+        a restore that kept its position under a changed schedule).
+        """
+        self.set_state(self._state_at(check_count(step, "step"), self._start[1]))
 
     def get_state(self) -> dict[str, Any]:
         """The core state of the latest iteration's next batch, or of the next start; JSON-able."""
         if self._latest is not None:
             return self._latest.get_state()
-        return make_state(self.plan, *self._start)
+        return self._state_at(*self._start)
+
+    def _state_at(self, step: int, shift: int) -> dict[str, Any]:
+        raise NotImplementedError
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Makes the next iteration start where `state` (from `get_state()`) says.
 
         Raises:
-          ValueError: the state is not a rampup state, or was written under another schedule.
+          ValueError: the state is not a rampup state, or was written for another data
+            order or under another schedule (see `on_data_change`, `on_schedule_change`).
         """
         self._start, self._latest = self._read_state(state), None
 
@@ -426,6 +435,9 @@ class RampupIterableDataset(_Restartable, IterableDataset):
       world_size: how many processes split every global batch; default
         `torch.distributed.get_world_size()` when initialized, else 1.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+      on_data_change: "raise" or "continue" when a restored state's data fields (the
+        source's length, `shuffle`, `seed`, `num_epochs`, `drop_remainder`; an
+        iterable source's type name) differ.
       microbatch_size: yield each step as a list of `B(k) / (microbatch_size *
         world_size)` micro-batches of exactly `microbatch_size` rows, in batch
         order (fixed shapes for `torch.compile` and CUDA graphs; accumulate
@@ -445,6 +457,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
         microbatch_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -465,6 +478,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         self._batch_collate, self._convert = _collate_for(source, self.collate)
         self.drop_remainder = check_flag(drop_remainder, "drop_remainder")
         self.on_schedule_change = check_policy(on_schedule_change)
+        self.on_data_change = check_policy(on_data_change, "on_data_change")
         # How often the main process moved the start: a persistent worker compares.
         self._moves = torch.zeros(1, dtype=torch.int64).share_memory_()
         self._moves_seen = 0
@@ -481,6 +495,7 @@ class RampupIterableDataset(_Restartable, IterableDataset):
                 process_index=self.rank,
                 process_count=self.world_size,
                 on_schedule_change=on_schedule_change,
+                on_data_change=on_data_change,
             )
             self.plan = self.batches.plan
             self.microbatch_size = self._check_microbatches(microbatch_size)
@@ -504,31 +519,50 @@ class RampupIterableDataset(_Restartable, IterableDataset):
         self.microbatch_size = self._check_microbatches(microbatch_size, start=0)
 
     def _check_microbatches(
-        self, microbatch_size: int | None, start: int | None = None
+        self, microbatch_size: int | None, start: int | None = None, shift: int = 0
     ) -> int | None:
         """Refuses a size from `start` on that `microbatch_size * world_size` does not divide.
 
         `start=None` (built, where a restore may follow): some step must be legal.
+        `shift` moves the positions as in `RampupBatches.check_end`.
         """
         if microbatch_size is None:
             return None
+        end = None if self.batches is None else self.batches.end
+        if start is None and self.on_schedule_change == "continue":
+            end = None  # a restore may move the positions: the end is checked at the start
         return self.plan.check_microbatches(
             microbatch_size,
             self.world_size,
             start=start,
-            end=None if self.batches is None else self.batches.end,
+            end=end,
             drop_remainder=self.drop_remainder,
+            shift=shift,
         )
 
     def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
         if self.batches is not None:
             step, shift = self.batches.read_state(state)
-            self._check_microbatches(self.microbatch_size, start=step)
+            self._check_microbatches(self.microbatch_size, start=step, shift=shift)
             return step, shift
-        step, shift = read_state(state, self.plan, self.on_schedule_change)
+        step, shift = read_state(
+            state,
+            self.plan,
+            self.on_schedule_change,
+            data_fields=self._stream_fields(),
+            on_data_change=self.on_data_change,
+        )
         if step or shift:
             self._refuse_seek(step)
         return step, shift
+
+    def _stream_fields(self) -> dict[str, int | str]:
+        return stream_fields(type(self.source).__name__, self.drop_remainder)
+
+    def _state_at(self, step: int, shift: int) -> dict[str, Any]:
+        if self.batches is not None:
+            return self.batches.state(step, shift)
+        return make_state(self.plan, step, shift, **self._stream_fields())
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Makes the next iteration start where `state` (from `get_state()`) says.
@@ -599,9 +633,9 @@ class RampupIterableDataset(_Restartable, IterableDataset):
                     )
                 )
             self._iterations += 1
-        start = make_state(self.plan, *self._start)
+        start = self._state_at(*self._start)
         if self.batches is not None:
-            self._check_microbatches(self.microbatch_size, start=self.step)
+            self._check_microbatches(self.microbatch_size, *self._start)
             iterator = RampupIterator(
                 self.batches.iter_from(start, worker_index=worker_index, worker_count=worker_count),
                 self._convert,
@@ -627,6 +661,8 @@ class RampupIterableDataset(_Restartable, IterableDataset):
             process_index=self.rank,
             process_count=self.world_size,
             on_schedule_change=self.on_schedule_change,
+            on_data_change=self.on_data_change,
+            parent_name=type(source).__name__,
         )
         self._latest = RampupIterator(stream, self._convert, self.microbatch_size)
         return self._latest
@@ -695,6 +731,8 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
       process_count: how many processes split every global batch; default
         `torch.distributed.get_world_size()` when initialized, else 1.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+      on_data_change: "raise" or "continue" when a restored state's data fields
+        (`length`, `shuffle`, `seed`, `num_epochs`, `drop_remainder`) differ.
     """
 
     def __init__(
@@ -709,6 +747,7 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
         process_index: int | None = None,
         process_count: int | None = None,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
     ) -> None:
         super().__init__()
         shuffle = check_flag(shuffle, "shuffle")
@@ -725,6 +764,7 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
             process_index=_world(process_index, dist.get_rank, 0),
             process_count=_world(process_count, dist.get_world_size, 1),
             on_schedule_change=on_schedule_change,
+            on_data_change=on_data_change,
         )
         self.plan = self.batches.plan
         self.process_index = self.batches.process_index
@@ -764,6 +804,9 @@ class RampupBatchSampler(_Restartable, Sampler[list[int]]):
 
     def _read_state(self, state: dict[str, Any]) -> tuple[int, int]:
         return self.batches.read_state(state)
+
+    def _state_at(self, step: int, shift: int) -> dict[str, Any]:
+        return self.batches.state(step, shift)
 
     def __repr__(self) -> str:
         return (
@@ -814,6 +857,9 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
       process_count: how many processes split every global batch; default
         from `torch.distributed`, else 1.
       on_schedule_change: "raise" or "continue" when a restored state's schedule differs.
+      on_data_change: "raise" or "continue" when a restored state's data fields (a
+        map-style source's length, `shuffle`, `seed`, `num_epochs`, `drop_remainder`;
+        a node's type name) differ.
     """
 
     def __init__(
@@ -829,6 +875,7 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
         process_index: int | None = None,
         process_count: int | None = None,
         on_schedule_change: str = "raise",
+        on_data_change: str = "raise",
     ) -> None:
         if _BaseNode is object:
             raise ImportError(
@@ -844,6 +891,7 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
             process_index=_world(process_index, dist.get_rank, 0),
             process_count=_world(process_count, dist.get_world_size, 1),
             on_schedule_change=on_schedule_change,
+            on_data_change=on_data_change,
         )
         self.source = source
         self.batches: RampupBatches | None = None
@@ -854,7 +902,11 @@ class RampupNode(_BaseNode):  # type: ignore[misc,valid-type]
                     "batched as a stream in its own order, to its own end"
                 )
             self.plan = as_plan(schedule)
-            self.options = {**options, "collate": batch_collate}
+            self.options = {
+                **options,
+                "collate": batch_collate,
+                "parent_name": type(source).__name__,
+            }
         elif _is_map_style(source):
             self.batches = RampupBatches(
                 source,
@@ -984,12 +1036,14 @@ def follow(loader: DataLoader, step: int | None = None) -> Follower:
     run_ahead = workers * (loader.prefetch_factor or 0) if workers else 0
 
     def start(first: int) -> Iterator[Any]:
-        dataset.set_step(first)
+        dataset.set_step(first)  # keeps the dataset's shift
         return iter(loader)
 
+    batches, shift = dataset.batches, dataset._start[1]  # noqa: SLF001 -- this module's class
     return Follower(
         start,
         dataset.plan,
+        state=lambda at: batches.state(at, shift),
         step=dataset.step if step is None else step,
         run_ahead=run_ahead,
         shares_decisions=workers == 0,
