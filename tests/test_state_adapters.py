@@ -212,3 +212,35 @@ def test_jax_device_batches_refuse_another_order():
             arrays.set_state(state)
         with pytest.raises(ValueError, match=f"holds position {OFFSET_5 + 5}, .* consumed 14"):
             arrays.set_state({**state, "position": OFFSET_5 + 5, "seed": 2})
+
+
+def past_the_end():
+    """A state past the end under the new schedule `constant(2)`, whose last batch is 1 row.
+
+    `np.arange(5)` in batches of 4: after 2 steps, position 8. Under `constant(2)` the
+    position is kept (shift 8 - 4 = 4): only step 0, at positions 4..5, would hold data.
+    """
+    it = RampupBatches(np.arange(5), constant(4), num_epochs=1).iter_from(0)
+    next(it), next(it)
+    return it.get_state()
+
+
+def test_torch_microbatches_of_a_continue_restore_past_the_end_yield_nothing():
+    pytest.importorskip("torch")
+    from rampup.adapters.torch import RampupIterableDataset
+
+    ds = RampupIterableDataset(
+        np.arange(5), constant(2), num_epochs=1, microbatch_size=2, on_schedule_change="continue"
+    )
+    ds.load_state_dict(past_the_end())
+    assert list(ds) == [] and len(ds) == 0
+
+
+def test_jax_device_batches_of_a_continue_restore_past_the_end_yield_nothing():
+    jax = pytest.importorskip("jax")
+    from rampup.adapters.jax import batch_sharding, device_batches
+
+    sharding = batch_sharding(jax.make_mesh((2,), ("data",), devices=jax.devices()[:2]))
+    moved = RampupBatches(np.arange(5), constant(2), num_epochs=1, on_schedule_change="continue")
+    with device_batches(moved.iter_from(past_the_end()), sharding) as arrays:
+        assert list(arrays) == []
