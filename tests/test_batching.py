@@ -147,7 +147,7 @@ def test_state_is_json_of_plain_ints_and_strings():
     next(it), next(it), next(it), next(it)
     state = it.get_state()
     assert json.loads(json.dumps(state)) == state
-    assert state["version"] == 3 and state["step"] == 4 and state["position"] == 10
+    assert state["version"] == 4 and state["step"] == 4 and state["position"] == 10
     assert all(isinstance(v, (int, str)) for v in state.values())
 
 
@@ -188,8 +188,8 @@ def test_schedule_change_continue_keeps_the_data_position():
 
 def test_state_of_another_version_raises():
     it = RampupBatches(np.arange(100), SCHEDULE).iter_from(0)
-    state = dict(it.get_state(), version=4)
-    with pytest.raises(ValueError, match="version 4"):
+    state = dict(it.get_state(), version=5)
+    with pytest.raises(ValueError, match="version 5"):
         it.set_state(state)
 
 

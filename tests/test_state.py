@@ -54,7 +54,7 @@ def test_a_state_records_its_data_order_in_plain_ints_and_strings():
     ("change", "field", "saved", "here"),
     [
         ({"shuffle_seed": 2}, "seed", "1", "2"),
-        ({"shuffle_seed": None}, "shuffle", "'modfeistel", "'off'"),
+        ({"shuffle_seed": None}, "shuffle", "'[a-z0-9-]+'", "'off'"),
         ({"num_epochs": 3}, "num_epochs", "2", "3"),
         ({"num_epochs": None}, "num_epochs", "2", "'none'"),
         ({"drop_remainder": True}, "drop_remainder", "0", "1"),
@@ -93,10 +93,10 @@ def test_a_grown_dataset_continues_at_the_position_on_purpose():
 
 def test_a_state_without_data_fields_is_refused_unless_continued():
     state = state_after(RampupBatches(np.arange(100), constant(4)), 3)
-    version_2 = {k: state[k] for k in ("step", "position", "schedule")} | {"version": 2}
+    version_3 = {k: state[k] for k in ("step", "position", "schedule")} | {"version": 3}
     with pytest.raises(ValueError, match="does not record its data order.*on_data_change"):
-        RampupBatches(np.arange(100), constant(4)).iter_from(version_2)
-    it = RampupBatches(np.arange(100), constant(4), on_data_change="continue").iter_from(version_2)
+        RampupBatches(np.arange(100), constant(4)).iter_from(version_3)
+    it = RampupBatches(np.arange(100), constant(4), on_data_change="continue").iter_from(version_3)
     assert next(it).tolist() == [12, 13, 14, 15]
 
 
