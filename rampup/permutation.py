@@ -114,13 +114,25 @@ def _network(
     return left * b + right
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values and each value's row among them.
+
+    A batch's epochs come in order, which takes O(n); others fall back to
+    `np.unique` (a sort).
+    """
+    change = values[1:] != values[:-1]
+    if values.size and np.all(values[1:] >= values[:-1]):
+        return values[np.flatnonzero(np.r_[True, change])], np.r_[0, np.cumsum(change)]
+    return np.unique(values, return_inverse=True)
+
+
 def _sorted(
-    index: np.ndarray, epoch_key: np.ndarray, seed: int, length: int, inverse: bool
+    index: np.ndarray, epoch: np.ndarray, seed: int, length: int, inverse: bool
 ) -> np.ndarray:
-    """The sorting shuffle of a small set: one row of keys per distinct epoch key."""
-    rows, row_of = np.unique(epoch_key, return_inverse=True)
+    """The sorting shuffle of a small set: one row of keys per distinct epoch."""
+    epochs, row_of = _distinct(epoch)
     counter = (np.arange(length, dtype=_U64) + _U64(1)) * _GAMMA
-    keys = _mix(rows[:, None] + _seed_keys(seed)[0] + counter)
+    keys = _mix(_epoch_keys(seed, epochs)[:, None] + _seed_keys(seed)[0] + counter)
     order = np.argsort(keys, axis=1, kind="stable")  # stable: ties, if any, by item
     if inverse:
         where = np.empty_like(order)
@@ -148,10 +160,10 @@ def _walk(
     seed = check_count(seed, "seed")
     if length == 1:
         return np.zeros(index.shape, np.int64)
-    flat_key = _epoch_keys(seed, epoch.reshape(-1))
     if length <= SMALL_LENGTH:
-        out = _sorted(index.reshape(-1), flat_key, seed, length, inverse)
+        out = _sorted(index.reshape(-1), epoch.reshape(-1), seed, length, inverse)
         return out.astype(np.int64).reshape(index.shape)
+    flat_key = _epoch_keys(seed, epoch.reshape(-1))
     flip = _mix(flat_key + _GAMMA) >> _U64(63)  # one key bit per epoch
     x = index.reshape(-1).astype(_U64)
     if inverse:

@@ -82,6 +82,23 @@ def test_numpy_arithmetic_equals_python_integers(length, seed, epoch, data):
     assert got == [reference_permute(i, length, seed, epoch) for i in index]
 
 
+@given(st.sampled_from([2, 3, 5, 17, 64, 65, 81]), SEEDS, st.data())
+def test_a_run_of_positions_over_many_epochs_equals_the_reference(length, seed, data):
+    # A batch's positions p give epochs p // length in order (the fast path); the same
+    # positions drawn out of order take the general one. Both equal the reference per item.
+    first = data.draw(st.integers(0, 10**6))
+    count = data.draw(st.integers(1, 6 * length))
+    position = np.arange(first, first + count)
+    if data.draw(st.booleans()):
+        position = np.random.default_rng(first).permutation(position)
+    index, epoch = position % length, position // length
+    expected = [
+        reference_permute(int(i), length, seed, int(e)) for i, e in zip(index, epoch, strict=True)
+    ]
+    assert permute(index, length, seed, epoch).tolist() == expected
+    assert unpermute(np.array(expected), length, seed, epoch).tolist() == index.tolist()
+
+
 @pytest.mark.parametrize("length", [10**9, 10**12])
 def test_inverse_undoes_the_shuffle_at_scale(length):
     index = np.random.default_rng(0).integers(0, length, 100_000)
