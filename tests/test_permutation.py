@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rampup import RampupBatches, constant, piecewise
-from rampup.permutation import ALGORITHM, permute, unpermute
+from rampup.permutation import ALGORITHM, SORT_CHUNK, permute, unpermute
 
 SEEDS = st.integers(0, 2**64 - 1)
 MASK = 2**64 - 1
@@ -97,6 +97,19 @@ def test_a_run_of_positions_over_many_epochs_equals_the_reference(length, seed, 
     ]
     assert permute(index, length, seed, epoch).tolist() == expected
     assert unpermute(np.array(expected), length, seed, epoch).tolist() == index.tolist()
+
+
+def test_a_batch_of_several_sort_chunks_equals_the_reference_across_their_borders():
+    length, seed, first = 5, 11, 123
+    position = np.arange(first, first + 3 * SORT_CHUNK + 7)
+    out = permute(position % length, length, seed, position // length)
+    borders = [k * SORT_CHUNK + d for k in (1, 2, 3) for d in (-2, -1, 0, 1)]
+    where = [*borders, *np.random.default_rng(0).integers(0, position.size, 200).tolist()]
+    expected = [
+        reference_permute(int(position[j] % length), length, seed, int(position[j] // length))
+        for j in where
+    ]
+    assert out[where].tolist() == expected
 
 
 @pytest.mark.parametrize("length", [10**9, 10**12])
