@@ -249,12 +249,16 @@ def check_data_fields(state: dict[str, Any], data_fields: dict[str, Any]) -> Non
         f"(sample {state[POSITION_KEY]}) in this pipeline's data order"
     )
     if all(saved == _ABSENT for _, saved, _ in differ):
+        written = (
+            f"a state of version {state[VERSION_KEY]}"
+            if state[VERSION_KEY] != STATE_VERSION
+            else "a state made without its data fields: make_state without them, or by hand"
+        )
         raise ValueError(
-            f"{where} does not record its data order (a state of version "
-            f"{state[VERSION_KEY]}, or one built by hand; rampup records "
-            f"{', '.join(DATA_KEYS[:-1])} or the stream's parent from version {STATE_VERSION} "
-            "on), so a restore into another order cannot be told apart. If this pipeline "
-            f"reads the data in the order of the run that wrote it, {way_out}"
+            f"{where} does not record its data order ({written}; state version {STATE_VERSION} "
+            f"records {', '.join(DATA_KEYS[:-1])} or the stream's parent), so a restore into "
+            "another order cannot be told apart. If this pipeline reads the data in the order "
+            f"of the run that wrote it, {way_out}"
         )
     fields = "; ".join(
         f"{key} {saved!r} in the state, {here!r} here" for key, saved, here in differ
