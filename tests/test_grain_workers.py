@@ -140,6 +140,7 @@ def test_strings_of_varying_width_leave_no_shared_memory_behind(read_options):
     reference = elements.to_iter_dataset(read_options).batch(8).mp_prefetch(TWO_WORKERS)
     theirs, _ = shm_growth(reference, batches)
     assert words == [["w" * (1 + i % 7) for i in range(8 * k, 8 * k + 8)] for k in range(151)]
-    # Batches in flight (2 workers x 2 buffered) may hold a segment each; other processes
-    # on the machine may create a few. A leak leaves one per batch.
-    assert ours < 30, (ours, theirs)
+    # A leak leaves one segment per batch (150 here, 169 measured before the fix). Batches in
+    # flight (2 workers x 2 buffered) hold a few; other processes on the machine (a torch
+    # DataLoader's workers, another test run) create others: 31 were seen beside one.
+    assert ours < batches // 2, (ours, theirs)
