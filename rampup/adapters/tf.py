@@ -319,17 +319,12 @@ def _chunks(
     tail = segments[-1]
     chunk = tail.size * -(-max(target, *(s.size for s in segments)) // tail.size)
     last = tail.offset // chunk + 1  # every chunk from here on lies in the last segment
-    offsets, sizes, owners = [], [], []
-    for i, (segment, following) in enumerate(zip(segments, [*segments[1:], None], strict=True)):
-        steps = (
-            (following.offset - segment.offset) // segment.size
-            if following is not None
-            else -(-((last + 1) * chunk - segment.offset) // segment.size)
-        )
-        offsets.append(plan.offsets(segment.first_step + np.arange(steps, dtype=np.int64)))
-        sizes.append(np.full(steps, segment.size, np.int64))
-        owners.append(np.full(steps, i, np.int64))
-    offset, size, owner = (np.concatenate(a) for a in (offsets, sizes, owners))
+    # Every step that starts before the end of chunk `last`, its offset, size and segment.
+    steps = np.arange(plan.step_at((last + 1) * chunk - 1) + 2, dtype=np.int64)
+    bounds_of_steps = plan.offsets(steps)
+    offset, size = bounds_of_steps[:-1], np.diff(bounds_of_steps)
+    first_steps = [s.first_step for s in segments]
+    owner = np.searchsorted(first_steps, steps[:-1], side="right") - 1
     replicas = (rows[0][1] - rows[0][0]) // replica_sizes[0]
     per_segment = np.array(
         [
