@@ -81,3 +81,25 @@ def share(window: tuple[int, int], index: int, count: int) -> tuple[int, int]:
 def worker_steps(start: int, index: int, count: int, stop: int) -> list[int]:
     """The steps in `[start, stop)` that worker `index` of `count` builds, in order."""
     return [k for k in range(start, stop) if (k - start) % count == index]
+
+
+class Counter:
+    """A stream source: range(n) with get_state/set_state, as grain's iterators have."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.i = n, 0
+
+    def __iter__(self) -> Counter:
+        return self
+
+    def __next__(self) -> int:
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        return self.i - 1
+
+    def get_state(self) -> dict[str, int]:
+        return {"i": self.i}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.i = state["i"]

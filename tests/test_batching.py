@@ -204,28 +204,6 @@ def test_bad_policy_is_rejected():
         RampupBatches(np.arange(10), SCHEDULE, on_schedule_change="skip")
 
 
-class StatefulCounter:
-    """An iterator over range(n) with get_state/set_state, as grain's iterators have."""
-
-    def __init__(self, n):
-        self.n, self.i = n, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= self.n:
-            raise StopIteration
-        self.i += 1
-        return self.i - 1
-
-    def get_state(self):
-        return {"i": self.i}
-
-    def set_state(self, state):
-        self.i = state["i"]
-
-
 def test_stream_batcher_pulls_schedule_sizes():
     got = [b.tolist() for b in StreamBatcher(iter(range(20)), SCHEDULE)]
     assert got == [[0, 1], [2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12, 13], list(range(14, 20))]
@@ -242,13 +220,13 @@ def test_stream_batcher_pulls_the_process_share():
 
 
 def test_stream_batcher_restores_from_state_with_parent():
-    s = StreamBatcher(StatefulCounter(40), SCHEDULE)
+    s = StreamBatcher(model.Counter(40), SCHEDULE)
     for _ in range(4):
         next(s)
     state = json.loads(json.dumps(s.get_state()))
     assert state["parent"] == {"i": 10} and state["step"] == 4 and state["position"] == 10
     rest = [b.tolist() for b in s]
-    again = StreamBatcher(StatefulCounter(40), SCHEDULE)
+    again = StreamBatcher(model.Counter(40), SCHEDULE)
     again.set_state(state)
     assert [b.tolist() for b in again] == rest
 

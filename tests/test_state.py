@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from model import Counter
 
 import rampup
 from rampup import RampupBatches, StreamBatcher, constant, piecewise
@@ -103,28 +104,6 @@ def test_a_state_without_data_fields_is_refused_unless_continued():
 def test_on_data_change_is_checked():
     with pytest.raises(ValueError, match="on_data_change='keep' is not valid"):
         RampupBatches(np.arange(10), constant(2), on_data_change="keep")
-
-
-class Counter:
-    """An iterator over range(n) with get_state/set_state, as grain's iterators have."""
-
-    def __init__(self, n):
-        self.n, self.i = n, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.i >= self.n:
-            raise StopIteration
-        self.i += 1
-        return self.i - 1
-
-    def get_state(self):
-        return {"i": self.i}
-
-    def set_state(self, state):
-        self.i = state["i"]
 
 
 class OtherCounter(Counter):
