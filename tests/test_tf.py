@@ -72,15 +72,31 @@ def source_ds(data):
     return tf.data.Dataset.from_tensor_slices(data)
 
 
+# rampup_batch cuts a finite dataset of known length by one vector of step sizes, any other
+# by chunk pairs (see its module); a finite dataset takes the pair form when the vector is
+# capped at 0 steps.
+FORMS = ["vector", "pairs"]
+
+
+@contextlib.contextmanager
+def form(name):
+    with pytest.MonkeyPatch.context() as patch:
+        if name == "pairs":
+            patch.setattr(tf_adapter, "_VECTOR_STEPS_MAX", 0)
+        yield
+
+
 # --- rampup_batch: the native path -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", FORMS)
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 @pytest.mark.parametrize("drop_remainder", [False, True])
-def test_native_equals_core_over_epochs(name, drop_remainder):
+def test_native_equals_core_over_epochs(name, drop_remainder, how):
     schedule = SCHEDULES[name]
     data = np.arange(23, dtype=np.int64)
-    ds = rampup_batch(source_ds(data).repeat(4), schedule, drop_remainder=drop_remainder)
+    with form(how):
+        ds = rampup_batch(source_ds(data).repeat(4), schedule, drop_remainder=drop_remainder)
     want = list(RampupBatches(data, schedule, num_epochs=4, drop_remainder=drop_remainder))
     got = [as_numpy(b) for b in ds]
     assert_batches_equal(got, want)
@@ -103,11 +119,13 @@ def test_native_endless_stream_equals_core():
     length=st.integers(1, 30),
     epochs=st.integers(1, 3),
     drop_remainder=st.booleans(),
+    how=st.sampled_from(FORMS),
 )
-def test_native_equals_core_for_random_schedules(sizes, first, length, epochs, drop_remainder):
+def test_native_equals_core_for_random_schedules(sizes, first, length, epochs, drop_remainder, how):
     schedule = piecewise({0: first, **sizes})
     data = np.arange(length, dtype=np.int32)
-    ds = rampup_batch(source_ds(data).repeat(epochs), schedule, drop_remainder=drop_remainder)
+    with form(how):
+        ds = rampup_batch(source_ds(data).repeat(epochs), schedule, drop_remainder=drop_remainder)
     want = list(RampupBatches(data, schedule, num_epochs=epochs, drop_remainder=drop_remainder))
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
@@ -128,11 +146,14 @@ def small_chunks(rows):
     length=st.integers(1, 60),
     epochs=st.integers(1, 3),
     drop_remainder=st.booleans(),
+    how=st.sampled_from(FORMS),
 )
-def test_native_equals_core_across_many_windows(sizes, first, rows, length, epochs, drop_remainder):
+def test_native_equals_core_across_many_windows(
+    sizes, first, rows, length, epochs, drop_remainder, how
+):
     schedule = piecewise({0: first, **sizes})
     data = np.arange(length, dtype=np.int64)
-    with small_chunks(rows):
+    with small_chunks(rows), form(how):
         ds = rampup_batch(source_ds(data).repeat(epochs), schedule, drop_remainder=drop_remainder)
     want = list(RampupBatches(data, schedule, num_epochs=epochs, drop_remainder=drop_remainder))
     assert_batches_equal([as_numpy(b) for b in ds], want)
@@ -149,7 +170,8 @@ def test_native_endless_stream_over_many_periods_equals_core(rows):
     assert_batches_equal(got, [next(core) for _ in range(120)])
 
 
-def test_native_reads_the_source_once_in_order():
+@pytest.mark.parametrize("known_length", [False, True])
+def test_native_reads_the_source_once_in_order(known_length):
     read = []
 
     def samples():
@@ -158,6 +180,8 @@ def test_native_reads_the_source_once_in_order():
             yield i
 
     ds = tf.data.Dataset.from_generator(samples, output_signature=tf.TensorSpec((), tf.int64))
+    if known_length:  # the vector form; a generator's length is otherwise unknown (pairs)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(200))
     with small_chunks(7):
         got = [as_numpy(b) for b in rampup_batch(ds, SCHEDULES["linear"])]
     assert read == list(range(200))
@@ -180,14 +204,18 @@ def test_native_keeps_nested_structure_and_dtypes():
     assert_batches_equal([as_numpy(b) for b in ds], want)
 
 
-@pytest.mark.parametrize(("seed", "prefetch", "rows"), [(0, 0, None), (1, 0, 10), (2, 3, 4)])
-def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows):
+@pytest.mark.parametrize(
+    ("seed", "prefetch", "rows", "epochs"),
+    [(0, 0, None, None), (1, 0, 10, None), (2, 3, 4, None), (3, 0, 4, 9), (4, 3, None, 9)],
+)
+def test_native_iterator_restores_from_checkpoint(tmp_path, seed, prefetch, rows, epochs):
+    # epochs=None: endless, the pair form; 9 epochs: a known length, the vector form.
     schedule = SCHEDULES["linear"]
     ramp_steps = SIZES["linear"].index(24)  # the first step at the final size
     at = int(np.random.default_rng(seed).integers(1, ramp_steps + 3))
     data = np.arange(29, dtype=np.int64)
     with small_chunks(rows or 1 << 16):  # small windows: a restore inside a window
-        ds = rampup_batch(source_ds(data).shuffle(29, seed=seed).repeat(), schedule)
+        ds = rampup_batch(source_ds(data).shuffle(29, seed=seed).repeat(epochs), schedule)
     if prefetch:  # the iterator then holds windows read ahead
         ds = ds.prefetch(prefetch)
     it = iter(ds)
@@ -462,11 +490,12 @@ def test_input_context_over_a_dataset_that_may_end_needs_drop_remainder():
 
 
 @pytest.mark.parametrize(("start", "final"), [(1, 120), (30, 40)])
-def test_native_equals_core_for_many_distinct_sizes_and_few(start, final):
+@pytest.mark.parametrize("how", FORMS)
+def test_native_equals_core_for_many_distinct_sizes_and_few(start, final, how):
     # linear(1, 1, ...) gives 120 sizes, most of them one step long; 30..40 gives 11.
     schedule = linear(start, 1, 3000, final)
     data = np.arange(997, dtype=np.int64)
-    with small_chunks(50):
+    with small_chunks(50), form(how):
         ds = rampup_batch(source_ds(data).repeat(5), schedule)
     want = list(RampupBatches(data, schedule, num_epochs=5))
     assert_batches_equal([as_numpy(b) for b in ds], want)

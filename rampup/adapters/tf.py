@@ -11,17 +11,22 @@ Two paths:
   `tf.train.Checkpoint(iterator=...)`. Segmented schedules only.
 
 How `rampup_batch` works, reading `ds` once and running no function per sample
-or per step: `ds.batch(rows)` cuts the stream into chunks of `rows` samples, a
-multiple of the last segment's size and at least the largest size (about
-`_CHUNK_BYTES` each), so a step that starts in a chunk ends in it or the next.
-`window(2, shift=1)` pairs each chunk with the next, and `rebatch` cuts the
-pair into the steps that start in the first chunk, after leaving out the rows
-before them. Which steps those are is data zipped to the chunks, computed from
-the plan once: a row per chunk of the ramp, then one row for every later chunk
-(they all hold the same run of last-segment steps at the same place). With an
-`input_context`, each step is cut once more into the rows before this
-pipeline's, one piece per replica, and the rows after, and only the replicas'
-pieces are kept.
+or per step. Over a finite `ds` whose length tf.data knows (`cardinality()`),
+every step's size is known up front: `ds.batch(rows)` cuts the stream into chunks
+of about `_CHUNK_BYTES` and one `rebatch` with the vector of all the steps' sizes
+cuts them into the steps (a step inside one chunk is a view of it, not a copy).
+
+`rebatch` cycles through its vector, so an endless or unknown-length `ds` (or one
+of more than `_VECTOR_STEPS_MAX` steps) is cut differently: chunks of `rows`
+samples, a multiple of the last segment's size and at least the largest size,
+so a step that starts in a chunk ends in it or the next. `window(2, shift=1)`
+pairs each chunk with the next, and `rebatch` cuts the pair into the steps that
+start in the first chunk, after leaving out the rows before them. Which steps
+those are is data zipped to the chunks, computed from the plan once: a row per
+chunk of the ramp, then one row for every later chunk (they all hold the same
+run of last-segment steps at the same place). With an `input_context`, each step
+is cut once more into the rows before this pipeline's, one piece per replica,
+and the rows after, and only the replicas' pieces are kept.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 _CHUNK_BYTES = 2 << 20
 _CHUNK_ROWS = 4096  # where the samples' size is not known from their spec
 _CHUNK_ROWS_MAX = 1 << 16
+# A finite `ds` of up to this many steps is cut by one `rebatch` over a vector of every
+# step's size (8 bytes a step in the dataset's graph); a longer one by chunk pairs.
+_VECTOR_STEPS_MAX = 1 << 18
 
 
 # --- to_tf_dataset -----------------------------------------------------------------------------
@@ -282,6 +290,17 @@ def _chunk_rows(ds: tf.data.Dataset) -> int:
     return min(_CHUNK_ROWS_MAX, max(1, _CHUNK_BYTES // max(sample_bytes, 1)))
 
 
+def _step_sizes(plan: Plan, ds: tf.data.Dataset) -> np.ndarray | None:
+    """Every step's size over `ds`, or None where `ds` may not end or has too many steps."""
+    length = int(ds.cardinality())
+    if length <= 0:  # endless (-1), unknown (-2) or empty
+        return None
+    steps = plan.step_at(length - 1) + 1
+    if steps > _VECTOR_STEPS_MAX:
+        return None
+    return np.diff(plan.offsets(np.arange(steps + 1, dtype=np.int64)))
+
+
 def _padded(rows: list[np.ndarray], dtype: Any) -> np.ndarray:
     out = np.zeros((len(rows), max(len(r) for r in rows)), dtype)
     for i, r in enumerate(rows):
@@ -446,6 +465,11 @@ def rampup_batch(
     if len(segments) == 1 and not sliced and not split:
         # One size for ever: `batch` itself.
         return ds.batch(segments[0].size, drop_remainder=drop_remainder)
+    if not (sliced or split):
+        sizes = _step_sizes(plan, ds)
+        if sizes is not None:
+            # The vector ends with the step that holds the last sample: `rebatch` never cycles.
+            return ds.batch(_chunk_rows(ds)).rebatch(sizes, drop_remainder)
 
     chunks = _chunks(plan, rows, replica_sizes, _chunk_rows(ds))
     return _ramp(ds, chunks, sliced or split, drop_remainder)
