@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from rampup import RampupBatches, constant, linear, piecewise
+from rampup import Plan, RampupBatches, constant, linear, piecewise
 from rampup.adapters.tf import rampup_batch, to_tf_dataset
 from rampup.benchmarks.harness import at_most, main, ratio, reported
 
@@ -96,6 +96,27 @@ def native_ramps_vs_batch(data: np.ndarray, final: int, repeats: int) -> list[di
     ]
 
 
+def native_ramp_endless(data: np.ndarray, final: int, repeats: int) -> dict[str, Any]:
+    """The linear ramp over `ds.repeat()` vs `ds.repeat().batch(final)`, one epoch (reported).
+
+    An endless dataset is cut by chunk pairs, not by one vector of step sizes
+    (see `rampup.adapters.tf`); both sides read the same `len(data)` samples.
+    """
+    name, schedule = next(iter(ramp_schedules(len(data), final).items()))
+    ds = tf.data.Dataset.from_tensor_slices(data).repeat()
+    steps = Plan(schedule).step_at(len(data) - 1) + 1
+    value = ratio(
+        reduce(rampup_batch(ds, schedule).take(steps)),
+        reduce(ds.batch(final).take(len(data) // final)),
+        repeats,
+    )
+    return reported(
+        f"native rampup_batch, {name}, endless ds.repeat() / ds.repeat().batch({final})",
+        value,
+        load_sensitive=True,
+    )
+
+
 def native_ramp_python_loop(data: np.ndarray, final: int, repeats: int) -> dict[str, Any]:
     """The linear ramp vs `ds.batch(final)`, both read by a Python loop (reported)."""
     name, schedule = next(iter(ramp_schedules(len(data), final).items()))
@@ -122,6 +143,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return [
         native_constant_vs_batch(data, 256, repeats),
         *native_ramps_vs_batch(data, 256, repeats),
+        native_ramp_endless(data, 256, repeats),
         native_ramp_python_loop(data, 256, repeats),
         generator_vs_native(data, 256, repeats),
     ]
