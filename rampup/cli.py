@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -433,17 +434,25 @@ def demo(args: argparse.Namespace) -> int:
     return run_demo(args.backend, args.steps, spec)
 
 
-# (suite, module that must be importable, benchmark module)
-BENCH_SUITES = (
-    ("core", "numpy", "rampup.benchmarks.bench_core"),
-    ("grain", "grain", "rampup.benchmarks.bench_grain"),
-    ("torch", "torch", "rampup.benchmarks.bench_torch"),
-    ("tf", "tensorflow", "rampup.benchmarks.bench_tf"),
-    ("jax", "jax", "rampup.benchmarks.bench_jax"),
+def _host_devices(count: int) -> str:
+    """`XLA_FLAGS` with JAX's CPU platform split into `count` devices (a later flag wins)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+# (suite, module that must be importable, benchmark module, environment variables)
+BENCH_SUITES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
+    ("core", "numpy", "rampup.benchmarks.bench_core", {}),
+    ("grain", "grain", "rampup.benchmarks.bench_grain", {}),
+    ("torch", "torch", "rampup.benchmarks.bench_torch", {}),
+    ("tf", "tensorflow", "rampup.benchmarks.bench_tf", {}),
+    # JAX twice: one CPU device (the rows with targets), then 8 simulated ones (reported).
+    ("jax", "jax", "rampup.benchmarks.bench_jax", {"XLA_FLAGS": _host_devices(1)}),
+    ("jax", "jax", "rampup.benchmarks.bench_jax", {"XLA_FLAGS": _host_devices(8)}),
 )
 
 
-def _run_suite(suite: str, module: str, quick: bool) -> list[dict[str, Any]]:
+def _run_suite(suite: str, module: str, quick: bool, env: dict[str, str]) -> list[dict[str, Any]]:
     """One benchmark suite in its own interpreter: its rows, or one failed row."""
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "rows.json"
@@ -454,6 +463,7 @@ def _run_suite(suite: str, module: str, quick: bool) -> list[dict[str, Any]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **env},
         )
         if done.returncode != 0:
             print(f"[{suite}] failed:\n{done.stderr[-2000:]}", file=sys.stderr)
@@ -497,7 +507,7 @@ def bench(args: argparse.Namespace) -> int:
         )
     print(f"machine before: {machine_load()}", file=sys.stderr, flush=True)
     rows: list[dict[str, Any]] = []
-    for suite, needs, module in BENCH_SUITES:
+    for suite, needs, module, env in BENCH_SUITES:
         if args.suite and suite not in args.suite:
             continue
         if importlib.util.find_spec(needs) is None:
@@ -507,11 +517,12 @@ def bench(args: argparse.Namespace) -> int:
             print(f"[{suite}] skipped: {module} is not installed", file=sys.stderr)
             continue
         print(
-            f"[{suite}] running {module}{' --quick' if args.quick else ''} ...",
+            f"[{suite}] running {' '.join(f'{k}={v!r}' for k, v in env.items())}"
+            f"{' ' if env else ''}{module}{' --quick' if args.quick else ''} ...",
             file=sys.stderr,
             flush=True,
         )
-        found = _run_suite(suite, module, args.quick)
+        found = _run_suite(suite, module, args.quick, env)
         misses = load_sensitive_misses(found)
         if misses:
             print(
@@ -521,7 +532,7 @@ def bench(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            found = remeasured(found, _run_suite(suite, module, args.quick))
+            found = remeasured(found, _run_suite(suite, module, args.quick, env))
         rows += found
     print(table(rows))
     load = machine_load()
@@ -674,7 +685,7 @@ def parser() -> argparse.ArgumentParser:
     ben.add_argument(
         "--suite",
         action="append",
-        choices=[s for s, _, _ in BENCH_SUITES],
+        choices=list(dict.fromkeys(s for s, *_ in BENCH_SUITES)),
         help="run only this suite (repeatable); default: every installed one",
     )
     ben.set_defaults(run=bench)

@@ -300,6 +300,27 @@ def test_bench_quick_runs_the_chosen_suite_and_prints_one_table(tmp_path):
         assert any(line.startswith(r["name"]) and f"{r['ratio']:.3f}" in line for line in lines)
 
 
+@pytest.mark.slow
+def test_bench_runs_jax_on_one_device_with_targets_then_on_eight_reported(tmp_path):
+    pytest.importorskip("jax")
+    path = tmp_path / "bench.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "rampup.cli", "bench", "--quick", "--suite", "jax"]
+        + ["--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]  # every JAX row is load-sensitive
+    rows = json.loads(path.read_text())
+    one = [r for r in rows if r["name"].endswith(", 1 devices")]
+    eight = [r for r in rows if r["name"].endswith(", 8 devices")]
+    assert len(one) == len(eight) == 4 and len(rows) == 8
+    assert all(r["target"] != "reported" for r in one)
+    assert all(r["target"] == "reported" for r in eight)
+    assert "--xla_force_host_platform_device_count=8' rampup.benchmarks.bench_jax" in out.stderr
+
+
 def test_bench_rejects_an_unknown_suite(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--suite", "pytorch"])
