@@ -45,9 +45,9 @@ __all__ = ["ScaledLearningRate", "rampup_batch", "to_tf_dataset"]
 
 # A chunk of `rampup_batch` aims at this many bytes of samples: large enough that its
 # fixed cost (a few datasets per chunk) vanishes, small enough that `rebatch` reads it back
-# from cache (2 MiB: the chunk pairs at 1.05-1.21x `ds.batch(256)` on the linear and piecewise
-# ramps where 8 MiB
-# gave 1.14-1.27x, three side-by-side runs of both on the idle 2-core machine).
+# from cache (2 MiB: the chunk pairs at 1.05-1.21x `ds.batch(256)` on the linear and
+# piecewise ramps where 8 MiB gave 1.14-1.27x, three side-by-side runs of both on the idle
+# 2-core machine).
 _CHUNK_BYTES = 2 << 20
 _CHUNK_ROWS = 4096  # where the samples' size is not known from their spec
 _CHUNK_ROWS_MAX = 1 << 16
