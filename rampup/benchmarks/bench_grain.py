@@ -154,6 +154,9 @@ def workers_rows(quick: bool) -> list[dict[str, Any]]:
             "2 workers, time, same elements",
             statistics.median(versus),
             1.05,
+            # Two 3-process pipelines timed one after the other: on a loaded machine each gets
+            # the cores of its own moment (1.265 in a --quick run beside a CI run, 1.032 idle).
+            load_sensitive=True,
         ),
     ]
 
