@@ -294,10 +294,10 @@ def _chunk_rows(ds: tf.data.Dataset) -> int:
 def _step_sizes(plan: Plan, ds: tf.data.Dataset) -> np.ndarray | None:
     """Every step's size over `ds`, or None where `ds` may not end or has too many steps."""
     length = int(ds.cardinality())
-    if length <= 0:  # endless (-1), unknown (-2) or empty
+    if length < 0:  # endless (-1) or unknown (-2)
         return None
-    steps = plan.step_at(length - 1) + 1
-    if steps > _VECTOR_STEPS_MAX:
+    steps = plan.num_batches(length)
+    if not 0 < steps <= _VECTOR_STEPS_MAX:
         return None
     return np.diff(plan.offsets(np.arange(steps + 1, dtype=np.int64)))
 
@@ -339,8 +339,9 @@ def _chunks(
     tail = segments[-1]
     chunk = tail.size * -(-max(target, *(s.size for s in segments)) // tail.size)
     last = tail.offset // chunk + 1  # every chunk from here on lies in the last segment
-    # Every step that starts before the end of chunk `last`, its offset, size and segment.
-    steps = np.arange(plan.step_at((last + 1) * chunk - 1) + 2, dtype=np.int64)
+    # Every step that starts before the end of chunk `last` and the next one (whose offset
+    # ends the last size): their offsets, sizes and segments.
+    steps = np.arange(plan.num_batches((last + 1) * chunk) + 1, dtype=np.int64)
     bounds_of_steps = plan.offsets(steps)
     offset, size = bounds_of_steps[:-1], np.diff(bounds_of_steps)
     first_steps = [s.first_step for s in segments]

@@ -104,7 +104,7 @@ def native_ramp_endless(data: np.ndarray, final: int, repeats: int) -> dict[str,
     """
     name, schedule = next(iter(ramp_schedules(len(data), final).items()))
     ds = tf.data.Dataset.from_tensor_slices(data).repeat()
-    steps = Plan(schedule).step_at(len(data) - 1) + 1
+    steps = Plan(schedule).num_batches(len(data))
     value = ratio(
         reduce(rampup_batch(ds, schedule).take(steps)),
         reduce(ds.batch(final).take(len(data) // final)),
