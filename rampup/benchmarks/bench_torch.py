@@ -135,22 +135,30 @@ def workers_two_vs_zero(quick: bool) -> dict[str, Any]:
 def constant_vs_batch_size(quick: bool) -> dict[str, Any]:
     """A ramp-up at a constant schedule vs `DataLoader(dataset, batch_size=n)`, 0 workers."""
     source, n = CheapItems(4096 if quick else 16384, 64), 64
+    return at_most(
+        "time, ramp-up at constant(64) / DataLoader(batch_size=64), same dataset",
+        _constant_vs_batch_size(source, n, 5 if quick else 11),
+        1.10,
+    )
+
+
+def _constant_vs_batch_size(source: Any, n: int, repeats: int) -> float:
+    """time(a ramp-up at constant(n) over `source`) / time(`DataLoader(source, batch_size=n)`),
+    `WORKERS` workers on each side."""
 
     def ours():
         for _ in DataLoader(
-            RampupIterableDataset(source, constant(n), num_epochs=1), batch_size=None
+            RampupIterableDataset(source, constant(n), num_epochs=1),
+            batch_size=None,
+            num_workers=WORKERS,
         ):
             pass
 
     def torch_batch():
-        for _ in DataLoader(source, batch_size=n):
+        for _ in DataLoader(source, batch_size=n, num_workers=WORKERS):
             pass
 
-    return at_most(
-        "time, ramp-up at constant(64) / DataLoader(batch_size=64), same dataset",
-        ratio(ours, torch_batch, 5 if quick else 11),
-        1.10,
-    )
+    return ratio(ours, torch_batch, repeats)
 
 
 def columnar_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
@@ -160,23 +168,12 @@ def columnar_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
     loader = DataLoader(RampupIterableDataset(source, constant(n), num_epochs=1), batch_size=None)
     batches = sum(1 for _ in loader)
     calls_per_batch = source.batched_calls / batches
-
-    def ours():
-        for _ in DataLoader(
-            RampupIterableDataset(source, constant(n), num_epochs=1), batch_size=None
-        ):
-            pass
-
-    def torch_batch():
-        for _ in DataLoader(source, batch_size=n):
-            pass
-
     return [
         at_most("__getitems__ calls per batch, columnar source", calls_per_batch, 1.0),
         at_most(
             "time, ramp-up at constant(64) / DataLoader(batch_size=64), columnar "
             "source with __getitems__",
-            ratio(ours, torch_batch, 5 if quick else 11),
+            _constant_vs_batch_size(source, n, 5 if quick else 11),
             1.10,
         ),
     ]
@@ -231,24 +228,11 @@ def hugging_face_vs_batch_size(quick: bool) -> list[dict[str, Any]]:
     source, n = hugging_face_rows(2_000 if quick else 50_000), 64
     if source is None:
         return []
-
-    def ours():
-        for _ in DataLoader(
-            RampupIterableDataset(source, constant(n), num_epochs=1),
-            batch_size=None,
-            num_workers=WORKERS,
-        ):
-            pass
-
-    def torch_batch():
-        for _ in DataLoader(source, batch_size=n, num_workers=WORKERS):
-            pass
-
     return [
         at_most(
             f"time, ramp-up at constant(64) / DataLoader(batch_size=64), Hugging Face "
             f"datasets source in torch format, {WORKERS} workers",
-            ratio(ours, torch_batch, 3 if quick else 7),
+            _constant_vs_batch_size(source, n, 3 if quick else 7),
             1.10,
         )
     ]
