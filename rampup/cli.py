@@ -434,21 +434,21 @@ def demo(args: argparse.Namespace) -> int:
     return run_demo(args.backend, args.steps, spec)
 
 
-def _host_devices(count: int) -> str:
+def _host_devices(count: int) -> dict[str, str]:
     """`XLA_FLAGS` with JAX's CPU platform split into `count` devices (a later flag wins)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    return f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}".strip()}
 
 
-# (suite, module that must be importable, benchmark module, environment variables)
-BENCH_SUITES: tuple[tuple[str, str, str, dict[str, str]], ...] = (
-    ("core", "numpy", "rampup.benchmarks.bench_core", {}),
-    ("grain", "grain", "rampup.benchmarks.bench_grain", {}),
-    ("torch", "torch", "rampup.benchmarks.bench_torch", {}),
-    ("tf", "tensorflow", "rampup.benchmarks.bench_tf", {}),
+# (suite, module that must be importable, benchmark module, simulated CPU devices or None)
+BENCH_SUITES: tuple[tuple[str, str, str, int | None], ...] = (
+    ("core", "numpy", "rampup.benchmarks.bench_core", None),
+    ("grain", "grain", "rampup.benchmarks.bench_grain", None),
+    ("torch", "torch", "rampup.benchmarks.bench_torch", None),
+    ("tf", "tensorflow", "rampup.benchmarks.bench_tf", None),
     # JAX twice: one CPU device (the rows with targets), then 8 simulated ones (reported).
-    ("jax", "jax", "rampup.benchmarks.bench_jax", {"XLA_FLAGS": _host_devices(1)}),
-    ("jax", "jax", "rampup.benchmarks.bench_jax", {"XLA_FLAGS": _host_devices(8)}),
+    ("jax", "jax", "rampup.benchmarks.bench_jax", 1),
+    ("jax", "jax", "rampup.benchmarks.bench_jax", 8),
 )
 
 
@@ -507,7 +507,7 @@ def bench(args: argparse.Namespace) -> int:
         )
     print(f"machine before: {machine_load()}", file=sys.stderr, flush=True)
     rows: list[dict[str, Any]] = []
-    for suite, needs, module, env in BENCH_SUITES:
+    for suite, needs, module, devices in BENCH_SUITES:
         if args.suite and suite not in args.suite:
             continue
         if importlib.util.find_spec(needs) is None:
@@ -516,6 +516,7 @@ def bench(args: argparse.Namespace) -> int:
         if importlib.util.find_spec(module) is None:
             print(f"[{suite}] skipped: {module} is not installed", file=sys.stderr)
             continue
+        env = {} if devices is None else _host_devices(devices)
         print(
             f"[{suite}] running {' '.join(f'{k}={v!r}' for k, v in env.items())}"
             f"{' ' if env else ''}{module}{' --quick' if args.quick else ''} ...",
