@@ -55,7 +55,6 @@ DATA_KEYS = (LENGTH_KEY, SHUFFLE_KEY, SEED_KEY, EPOCHS_KEY, DROP_REMAINDER_KEY, 
 # A stream's state holds its parent iterator's own state under this key.
 PARENT_KEY = "parent"
 POLICIES = ("raise", "continue")
-SCHEDULE_CHANGE_POLICIES = POLICIES
 # The shuffle field of a source that orders positions past its length itself (wrap=False).
 SOURCE_ORDER = "source"
 # Stream positions are indexed as NumPy int64.

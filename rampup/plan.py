@@ -262,9 +262,8 @@ class Plan:
         fn, rules = self.schedule.fn, self.schedule.rules
         assert fn is not None
         size = fn(step)
-        if type(size) is not int or not rules.min_size <= size or size % rules.multiple_of:
-            size = rules.check(size, step)
-        elif rules.max_size is not None and size > rules.max_size:
+        high = rules.max_size if rules.max_size is not None else float("inf")
+        if type(size) is not int or not rules.min_size <= size <= high or size % rules.multiple_of:
             size = rules.check(size, step)
         return size
 
@@ -812,11 +811,6 @@ class Plan:
           Segment(first_step=0, last_step=99, size=16, offset=0)
           Segment(first_step=100, last_step=149, size=32, offset=1600)
         """
-        if until_step is None:
-            if not self.schedule.segmented:
-                raise ValueError("a from_fn schedule has no known end: pass until_step")
-        else:
-            until_step = check_count(until_step, "until_step")
         return list(self._runs(until_step))
 
     def _runs(self, until_step: int | None) -> Iterator[Segment]:

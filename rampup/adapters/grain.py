@@ -741,17 +741,17 @@ class RampupDatasetIterator(grain.DatasetIterator, ScheduledIterator):
             state = self._batcher_state(state[LEGACY_STEP_KEY], 0, parent)
         parent = state.get(PARENT_KEY) if isinstance(state, Mapping) else None
         index = parent.get("next_index", 0) if isinstance(parent, Mapping) else 0
-        if isinstance(index, int) and not isinstance(index, bool) and index < 0:
-            raise ValueError(
-                f"state['parent']['next_index'] is {index}; grain's next_index is an int >= 0: "
-                "restore the state as get_state() wrote it"
-            )
         if isinstance(index, bool) or not isinstance(index, int):
             raise TypeError(
                 f"state['parent']['next_index'] is {index!r} ({type(index).__name__}); the "
                 "parent's state is grain's own, whose next_index is an int >= 0: restore the "
                 "state as get_state() wrote it (a config or a store that turned its numbers "
                 f"into strings must turn them back, e.g. int({index!r}))"
+            )
+        if index < 0:
+            raise ValueError(
+                f"state['parent']['next_index'] is {index}; grain's next_index is an int >= 0: "
+                "restore the state as get_state() wrote it"
             )
         # Two lambdas given to the drop-in share an identity: the core checks the state's
         # position against this schedule's offset at its step, which tells them apart.
