@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from model import Counter
 
 from rampup import (
     AdaptiveSchedule,
@@ -171,36 +172,14 @@ def test_a_micro_batch_layout_is_checked_from_its_start():
         plan.check_microbatches(4, 2, start=9)
 
 
-class Countdown:
-    """A stateful iterator of ints, as a grain iterator would be."""
-
-    def __init__(self, n: int) -> None:
-        self.position, self.n = 0, n
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> int:
-        if self.position >= self.n:
-            raise StopIteration
-        self.position += 1
-        return self.position - 1
-
-    def get_state(self) -> dict:
-        return {"position": self.position}
-
-    def set_state(self, state: dict) -> None:
-        self.position = state["position"]
-
-
 def test_a_stream_checks_its_layout_from_the_step_it_resumes_at():
-    one = StreamBatcher(Countdown(500), SCHEDULE)
+    one = StreamBatcher(Counter(500), SCHEDULE)
     for _ in range(12):
         next(one)
     state = one.get_state()
-    eight = StreamBatcher(Countdown(500), SCHEDULE, process_index=0, process_count=8)
-    eight.set_state({**state, "parent": {"position": state["position"] // 8}})
+    eight = StreamBatcher(Counter(500), SCHEDULE, process_index=0, process_count=8)
+    eight.set_state({**state, "parent": {"i": state["position"] // 8}})
     assert next(eight).tolist() == list(range(9, 11))
-    early = {**StreamBatcher(Countdown(500), SCHEDULE).get_state()}
+    early = {**StreamBatcher(Counter(500), SCHEDULE).get_state()}
     with pytest.raises(ValueError, match="legal from step 10 on"):
-        StreamBatcher(Countdown(500), SCHEDULE, process_index=0, process_count=8).set_state(early)
+        StreamBatcher(Counter(500), SCHEDULE, process_index=0, process_count=8).set_state(early)

@@ -361,10 +361,10 @@ def test_keras_fit_sees_the_scheduled_sizes(path, batch_size_metric):
         def on_train_batch_end(self, batch, logs=None):
             self.seen.append(int(logs["batch_size"]))
 
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-    model.compile(optimizer="sgd", loss="mse", metrics=[batch_size_metric()])
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    net.compile(optimizer="sgd", loss="mse", metrics=[batch_size_metric()])
     sizes = Sizes()
-    model.fit(ds, steps_per_epoch=8, epochs=1, verbose=0, callbacks=[sizes])
+    net.fit(ds, steps_per_epoch=8, epochs=1, verbose=0, callbacks=[sizes])
     assert sizes.seen == SIZES["stepwise"][:8]
 
 
